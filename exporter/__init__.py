@@ -1,0 +1,3 @@
+"""dnsotel: eBPF DNS observability, one OpenTelemetry span per query/response pair."""
+
+__version__ = "0.1.0"
