@@ -101,7 +101,9 @@ class Exchange:
     response: DnsPacket | None
     role: str  # ROLE_CLIENT or ROLE_SERVER
     retransmits: int = 0  # extra copies of the query seen while it was pending
-    timeout_ns: int = 0  # set on unanswered exchanges: the timeout that expired
+    # on unanswered exchanges: the timeout that expired, or how long the query waited before
+    # the client reused its port and DNS id for a new question (superseded)
+    timeout_ns: int = 0
     retransmit_ts_ns: tuple[int, ...] = ()  # kernel->wall timestamps of the retransmissions
 
     @property
