@@ -138,7 +138,17 @@ LOOKUP_DURATION_BUCKETS: Final = (
 
 # --- span shape ------------------------------------------------------------------------
 SPAN_NAME_PREFIX: Final = "DNS "  # span name = "DNS <QTYPE>"
+SPAN_EVENT_RETRANSMISSION: Final = "retransmission"  # span event at each retransmitted query
 INSTRUMENTATION_SCOPE: Final = "dnsotel"
+
+# --- resource (OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES override these) --------------
+RESOURCE_SERVICE_NAME: Final = "service.name"
+RESOURCE_SERVICE_NAME_DEFAULT: Final = "dnsotel"
+RESOURCE_HOST_NAME: Final = "host.name"
+
+# The OpenTelemetry metrics SDK's cardinality-overflow attribute: attribute sets beyond the
+# per-metric limit are folded into one series carrying only this attribute (= true).
+METRIC_OVERFLOW_ATTRIBUTE: Final = "otel.metric.overflow"
 
 # --- OTLP -> Prometheus name translation -----------------------------------------------
 # What the OpenTelemetry Collector's prometheus exporter / Prometheus' OTLP receiver and the
@@ -170,6 +180,6 @@ def span_attributes() -> frozenset[str]:
         for k, v in globals().items()
         if k.isupper()
         and isinstance(v, str)
-        and not k.startswith(("METRIC_", "SPAN_", "INSTRUMENTATION", "OTHER", "ERROR_TYPE_"))
+        and not k.startswith(("METRIC_", "SPAN_", "INSTRUMENTATION", "OTHER", "ERROR_TYPE_", "RESOURCE_"))
         and k != "DECODE_ERROR_REASON"
     )
