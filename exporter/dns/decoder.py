@@ -1,0 +1,467 @@
+"""Bounds-checked, allocation-light decoder of one DNS message (RFC 1035 wire format).
+
+Everything that reads wire bytes lives in this module: the two reading primitives
+(``_read_name`` for domain names, the precompiled ``struct.Struct`` objects for fixed
+fields, used only from ``decode``) are the decoder's cursor. No other module indexes
+DNS wire bytes.
+
+What is checked, and the ``DecodeError.reason`` each failure maps to:
+
+``short_header``    fewer than 12 bytes
+``short_question``  the question section runs past the end of the message
+``short_rr``        an RR (owner name, fixed header or rdata) runs past the end of the message
+``label_too_long``  a length byte 0x40-0xBF (a label over 63 octets, or an unsupported label type)
+``pointer_forward`` a compression pointer pointing past itself
+``pointer_loop``    a compression pointer that does not point strictly before the start of the
+                    labels it follows (self-pointers and loops), a target whose labels run into
+                    the name being read, or a chain of more than 16 pointers
+``name_too_long``   a name over 255 octets (uncompressed wire length)
+``bad_rdlength``    A (class IN) rdata not 4 octets, AAAA (class IN) not 16, CNAME rdata not
+                    exactly one name
+``bad_opt``         an OPT RR outside the additional section, a second OPT, an OPT with a
+                    non-root owner, or an option list that does not fill its rdata exactly
+``bad_tsig``        a TSIG RR that is not the last RR of the additional section or not class ANY
+
+These are the rules dnspython 2.9 applies to the same parts of a message (so a message
+dnspython accepts is accepted here and decodes to the same fields). Pointer rule: a
+pointer must point strictly before the start of the run of labels it ends (for the first
+pointer, the start of the name), and the labels found at the target must end before that
+start; each further pointer must point strictly before the previous target. Targets
+strictly decrease, so no walk can loop.
+
+Deliberate differences from dnspython (``dns.message.from_wire``):
+
+* bytes after the last RR are ignored (dnspython raises ``TrailingJunk`` unless
+  ``ignore_trailing=True``): an observer reports what the client reads, and stub
+  resolvers ignore them too;
+* rdata other than A/AAAA (class IN), CNAME and OPT is skipped by rdlength, not validated
+  (dnspython rejects e.g. an MX whose exchange name does not fill its rdata); EDNS option
+  payloads are not validated either (only the option TLV framing);
+* UPDATE messages are decoded like any other message (dnspython applies the zone/prereq
+  section rules of RFC 2136);
+* a TSIG is only checked for placement, never verified (dnspython needs a keyring).
+
+TTLs with the top bit set are reported as 0 (RFC 2181 section 8, as dnspython does).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["DECODE_REASONS", "Answer", "DecodeError", "Message", "Question", "decode"]
+
+DECODE_REASONS: Final[frozenset[str]] = frozenset(
+    {
+        "short_header",
+        "short_question",
+        "short_rr",
+        "label_too_long",
+        "pointer_forward",
+        "pointer_loop",
+        "name_too_long",
+        "bad_rdlength",
+        "bad_opt",
+        "bad_tsig",
+    }
+)
+
+
+class DecodeError(Exception):
+    """A malformed DNS message. ``reason`` is one of ``DECODE_REASONS``."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Question:
+    name: str  # lower-case FQDN with trailing dot, escaped like dnspython's Name.to_text()
+    qtype: int
+    qclass: int
+
+
+@dataclass(slots=True)
+class Answer:
+    name: str
+    rtype: int
+    rclass: int
+    ttl: int  # 0 when the wire TTL has its top bit set (RFC 2181 section 8)
+    data: str  # A/AAAA (class IN): address text (inet_ntop form); CNAME: target FQDN; others: ""
+
+
+@dataclass(slots=True)
+class Message:
+    id: int
+    qr: bool
+    opcode: int
+    aa: bool
+    tc: bool
+    rd: bool
+    ra: bool
+    ad: bool
+    cd: bool
+    rcode: int  # 12-bit extended rcode when an OPT RR is present, else the 4-bit header rcode
+    qdcount: int
+    ancount: int
+    nscount: int
+    arcount: int
+    question: Question | None  # the first question; None when qdcount == 0
+    answers: list[Answer]  # every RR of the answer section, in order
+    addresses: list[str]  # A/AAAA data of the answer section, in order
+    cnames: list[str]  # CNAME targets of the answer section, in order
+    min_ttl: int | None  # smallest TTL in the answer section; None when it is empty
+    edns_udp_size: int | None  # the OPT RR's class field; None without OPT
+    edns_do: bool  # DO bit of the OPT RR
+
+
+# ---------------------------------------------------------------------------------------------
+# Label text: lower-case A-Z, escape like dnspython's dns.name._escapify for bytes labels:
+# the specials  " ( ) . ; \ @ $  get a backslash, bytes <= 0x20 and >= 0x7F become \DDD.
+
+_LOWER: Final[bytes] = bytes(range(256)).translate(
+    bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
+)
+_NEEDS_ESCAPE: Final[re.Pattern[bytes]] = re.compile(rb'[\x00-\x20\x7f-\xff"().;\\@$]')
+_ESCAPE_TEXT: Final[tuple[str, ...]] = tuple(
+    "\\" + chr(c) if chr(c) in '"().;\\@$' else (chr(c) if 0x20 < c < 0x7F else f"\\{c:03d}")
+    for c in range(256)
+)
+
+# Text of a run of uncompressed labels (length bytes included) -> "label.label." text.
+# Shared by all messages; bounded by clearing when full (keys are at most 255 bytes).
+_RUN_TEXT: dict[bytes, str] = {}
+_RUN_TEXT_MAX: Final = 8192
+
+
+def _run_text(run: bytes) -> str:
+    """Text of a run of labels, e.g. b"\\x03www\\x07example" -> "www.example."."""
+    text = _RUN_TEXT.get(run)
+    if text is not None:
+        return text
+    parts: list[str] = []
+    i = 0
+    n = len(run)
+    while i < n:
+        j = i + 1 + run[i]
+        label = run[i + 1 : j].translate(_LOWER)
+        if _NEEDS_ESCAPE.search(label) is None:
+            parts.append(label.decode("ascii"))
+        else:
+            parts.append("".join([_ESCAPE_TEXT[c] for c in label]))
+        i = j
+    parts.append("")
+    text = ".".join(parts)
+    if len(_RUN_TEXT) >= _RUN_TEXT_MAX:
+        _RUN_TEXT.clear()
+    _RUN_TEXT[run] = text
+    return text
+
+
+# A name already decoded in this message, by the offset where its first label starts:
+# (text, end of its first run incl. terminator/pointer, uncompressed wire length, pointer hops).
+_Memo = dict[int, tuple[str, int, int, int]]
+
+_MAX_HOPS: Final = 16  # dnspython's MAX_COMPRESSION_POINTER_CHAIN
+
+
+def _read_name(buf: bytes, pos: int, end: int, memo: _Memo, short: str) -> tuple[str, int]:
+    """Decode the (possibly compressed) name at ``pos``; return (text, offset after it).
+
+    Bytes at or after ``end`` are out of bounds (raises ``short``). The name, and every
+    run of labels reached through a pointer, is memoised by offset in ``memo``, so a
+    pointer to an already decoded name or suffix costs one dict lookup.
+
+    This is the fast path for the shapes real messages have: labels ending in the root,
+    or labels ending in a pointer to a name already decoded. Anything else (a pointer
+    to an offset not seen yet, any error) goes to ``_read_name_slow``, which applies the
+    same rules in general.
+    """
+    cap = pos + 255
+    p = pos
+    while True:
+        if p >= end:
+            raise DecodeError(short)
+        c = buf[p]
+        if c == 0 or c > 63:
+            break
+        p += c + 1
+        if p >= cap:
+            raise DecodeError("name_too_long")
+    if c == 0:
+        text = _run_text(buf[pos:p]) if p > pos else "."
+        p += 1
+        memo[pos] = (text, p, p - pos, 0)
+        return text, p
+    if c >= 192 and p + 1 < end:
+        target = ((c & 0x3F) << 8) | buf[p + 1]
+        known = memo.get(target)
+        if known is not None and target < pos and known[1] <= pos and known[3] < _MAX_HOPS:
+            length = p - pos + known[2]
+            if length <= 255:
+                if p > pos:
+                    tail = known[0]
+                    text = _run_text(buf[pos:p]) + tail if tail != "." else _run_text(buf[pos:p])
+                else:
+                    text = known[0]
+                p += 2
+                memo[pos] = (text, p, length, known[3] + 1)
+                return text, p
+    return _read_name_slow(buf, pos, end, memo, short)
+
+
+def _read_name_slow(buf: bytes, pos: int, end: int, memo: _Memo, short: str) -> tuple[str, int]:
+    """``_read_name`` for any shape: follows pointers to offsets not decoded yet.
+
+    Every label offset of a run reached through a pointer is memoised, and the walk of
+    such a run stops at the first offset already memoised, so each byte of a message is
+    walked at most twice (once in its own name, once as a pointer target) however the
+    pointers are laid out: decoding time stays linear in the message size.
+    """
+    name_start = start = pos  # start: where the current run of labels starts
+    limit = end  # the current run's bytes must lie below this
+    length = 1  # uncompressed wire length so far, root byte included
+    hops = 0
+    after = -1  # offset after the name in the original stream (= end of the first run)
+    texts: list[str] = []  # one "label." text per label
+    tail = ""  # text of a memoised suffix the name ends with ("" for the root)
+    # Label offsets of runs reached through a pointer: (offset, index in texts, length, hops, run end)
+    marks: list[tuple[int, int, int, int, int]] = []
+    while True:
+        run_marks: list[tuple[int, int, int, int]] = []
+        if hops:
+            run_marks.append((pos, len(texts), length, hops))
+        p = pos
+        known = None
+        while True:
+            if p >= limit:
+                raise DecodeError(short if hops == 0 else "pointer_loop")
+            if hops and p != pos:
+                known = memo.get(p)
+                if known is not None:
+                    break
+                run_marks.append((p, len(texts), length, hops))
+            c = buf[p]
+            if c == 0 or c > 63:
+                break
+            q = p + c + 1
+            length += c + 1
+            if length > 255:
+                raise DecodeError("name_too_long")
+            if q >= limit:
+                raise DecodeError(short if hops == 0 else "pointer_loop")
+            texts.append(_run_text(buf[p:q]))
+            p = q
+        if known is not None:
+            # The labels continue into a name decoded before: contiguous, no pointer.
+            run_end = known[1]
+            if run_end > limit:
+                raise DecodeError("pointer_loop")
+        elif c == 0:
+            run_end = p + 1
+        elif c < 192:
+            raise DecodeError("label_too_long")
+        else:
+            if p + 1 >= limit:
+                raise DecodeError(short if hops == 0 else "pointer_loop")
+            run_end = p + 2
+            target = ((c & 0x3F) << 8) | buf[p + 1]
+            if target >= start:
+                raise DecodeError("pointer_forward" if target > p else "pointer_loop")
+            hops += 1
+            if hops > _MAX_HOPS:
+                raise DecodeError("pointer_loop")
+            known = memo.get(target)
+            if known is not None and known[1] > start:
+                raise DecodeError("pointer_loop")
+        if after < 0:
+            after = run_end
+        for r_off, r_texts, r_length, r_hops in run_marks:
+            marks.append((r_off, r_texts, r_length, r_hops, run_end))
+        if known is not None:
+            k_text, _, k_length, k_hops = known
+            hops += k_hops
+            if hops > _MAX_HOPS:
+                raise DecodeError("pointer_loop")
+            length += k_length - 1
+            if length > 255:
+                raise DecodeError("name_too_long")
+            if k_text != ".":
+                tail = k_text
+            break
+        if c == 0:
+            break
+        limit = start
+        start = pos = target
+    text = "".join(texts) + tail or "."
+    memo[name_start] = (text, after, length, hops)
+    for r_off, r_texts, r_length, r_hops, r_end in marks:
+        memo[r_off] = ("".join(texts[r_texts:]) + tail or ".", r_end, length - r_length + 1, hops - r_hops)
+    return text, after
+
+
+_HEADER: Final = struct.Struct("!HHHHHH")
+_QTAIL: Final = struct.Struct("!HH")
+_RRHDR: Final = struct.Struct("!HHIH")
+_U16PAIR: Final = struct.Struct("!HH")
+
+# Address text by rdata bytes, shared by all messages (cluster addresses repeat a lot);
+# bounded by clearing when full.
+_A_TEXT: dict[bytes, str] = {}
+_AAAA_TEXT: dict[bytes, str] = {}
+_ADDR_TEXT_MAX: Final = 16384
+
+
+def _a_text(raw: bytes) -> str:
+    if len(_A_TEXT) >= _ADDR_TEXT_MAX:
+        _A_TEXT.clear()
+    text = _A_TEXT[raw] = socket.inet_ntoa(raw)
+    return text
+
+
+def _aaaa_text(raw: bytes) -> str:
+    if len(_AAAA_TEXT) >= _ADDR_TEXT_MAX:
+        _AAAA_TEXT.clear()
+    text = _AAAA_TEXT[raw] = socket.inet_ntop(socket.AF_INET6, raw)
+    return text
+
+
+def decode(buf: bytes, *, partial: bool = False) -> Message:
+    """Decode one DNS message; raise ``DecodeError`` (and nothing else) when it is malformed.
+
+    ``partial=True`` is for a capture cut short of the message (snap length): an RR that
+    runs past the end of ``buf`` ends the decode instead of failing it, and the Message
+    holds the RRs before it (``answers``, ``addresses``, ``cnames``, ``min_ttl`` and the
+    EDNS fields describe only what was captured; the counts stay the header's). The
+    header and the question must still be complete.
+    """
+    n = len(buf)
+    if n < 12:
+        raise DecodeError("short_header")
+    ident, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(buf, 0)
+    memo: _Memo = {}
+    pos = 12
+    question: Question | None = None
+    for _ in range(qdcount):
+        qname, pos = _read_name(buf, pos, n, memo, "short_question")
+        if pos + 4 > n:
+            raise DecodeError("short_question")
+        qtype, qclass = _QTAIL.unpack_from(buf, pos)
+        pos += 4
+        if question is None:
+            question = Question(qname, qtype, qclass)
+
+    answers: list[Answer] = []
+    addresses: list[str] = []
+    cnames: list[str] = []
+    min_ttl: int | None = None
+    rcode = flags & 0xF
+    edns_udp_size: int | None = None
+    edns_do = False
+    an_end = ancount
+    ar_start = ancount + nscount
+    total = ar_start + arcount
+    try:
+        for i in range(total):
+            # Owner name: the common shapes inline (a pointer to a name already decoded, the root).
+            if pos >= n:
+                raise DecodeError("short_rr")
+            c = buf[pos]
+            if c >= 0xC0 and pos + 1 < n:
+                target = ((c & 0x3F) << 8) | buf[pos + 1]
+                known = memo.get(target)
+                if known is not None and target < pos and known[1] <= pos and known[3] < _MAX_HOPS:
+                    name = known[0]
+                    pos += 2
+                else:
+                    name, pos = _read_name(buf, pos, n, memo, "short_rr")
+            elif c == 0:
+                name = "."
+                pos += 1
+            else:
+                name, pos = _read_name(buf, pos, n, memo, "short_rr")
+            rdata = pos + 10
+            if rdata > n:
+                raise DecodeError("short_rr")
+            rtype, rclass, ttl, rdlength = _RRHDR.unpack_from(buf, pos)
+            pos = rdata + rdlength
+            if pos > n:
+                raise DecodeError("short_rr")
+            data = ""
+            if rtype == 1:
+                if rclass == 1:
+                    if rdlength != 4:
+                        raise DecodeError("bad_rdlength")
+                    if i < an_end:
+                        raw = buf[rdata:pos]
+                        data = _A_TEXT.get(raw) or _a_text(raw)
+                        addresses.append(data)
+            elif rtype == 28:
+                if rclass == 1:
+                    if rdlength != 16:
+                        raise DecodeError("bad_rdlength")
+                    if i < an_end:
+                        raw = buf[rdata:pos]
+                        data = _AAAA_TEXT.get(raw) or _aaaa_text(raw)
+                        addresses.append(data)
+            elif rtype == 5:
+                data, after = _read_name(buf, rdata, pos, memo, "bad_rdlength")
+                if after != pos:
+                    raise DecodeError("bad_rdlength")
+                if i < an_end:
+                    cnames.append(data)
+            elif rtype == 41:
+                if i < ar_start or edns_udp_size is not None or name != ".":
+                    raise DecodeError("bad_opt")
+                o = rdata
+                while o < pos:
+                    if o + 4 > pos:
+                        raise DecodeError("bad_opt")
+                    o += 4 + _U16PAIR.unpack_from(buf, o)[1]
+                if o != pos:
+                    raise DecodeError("bad_opt")
+                edns_udp_size = rclass
+                edns_do = bool(ttl & 0x8000)
+                rcode |= (ttl >> 24) << 4
+                continue
+            elif rtype == 250 and (i != total - 1 or i < ar_start or rclass != 255):
+                raise DecodeError("bad_tsig")
+            if i < an_end:
+                if ttl > 0x7FFFFFFF:
+                    ttl = 0
+                if min_ttl is None or ttl < min_ttl:
+                    min_ttl = ttl
+                answers.append(Answer(name, rtype, rclass, ttl, data))
+    except DecodeError as exc:
+        if not partial or exc.reason != "short_rr":
+            raise
+
+    return Message(
+        ident,
+        flags >> 15 == 1,
+        (flags >> 11) & 0xF,
+        bool(flags & 0x0400),
+        bool(flags & 0x0200),
+        bool(flags & 0x0100),
+        bool(flags & 0x0080),
+        bool(flags & 0x0020),
+        bool(flags & 0x0010),
+        rcode,
+        qdcount,
+        ancount,
+        nscount,
+        arcount,
+        question,
+        answers,
+        addresses,
+        cnames,
+        min_ttl,
+        edns_udp_size,
+        edns_do,
+    )
