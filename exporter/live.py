@@ -1,0 +1,156 @@
+"""The live capture loop shared by ``dnsotel trace`` and ``dnsotel run``.
+
+One thread does everything per packet: poll the ring buffer, reassemble, decode, pair,
+hand to the sinks; a few times a second it expires pending queries by wall time, and
+once a second it rescans network namespaces. Sinks that export (spans, metrics) do
+their slow work on their own threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TextIO
+
+from exporter.config import Settings
+from exporter.pipeline import Engine
+
+if TYPE_CHECKING:
+    from exporter.capture.ebpf import EbpfCapture
+    from exporter.netns import NetnsWatcher
+
+log = logging.getLogger(__name__)
+
+ADVANCE_EVERY_NS = 100_000_000  # expire pending queries at least 10 times a second
+
+
+@dataclass(slots=True)
+class LiveHealth:
+    """What the exporter knows about its own health, read by the metrics at collection time."""
+
+    engine: Engine
+    capture: EbpfCapture | None = None
+    watcher: NetnsWatcher | None = None
+
+    def packets(self) -> int:
+        return self.engine.segments
+
+    def lost(self) -> int:
+        return self.capture.lost() if self.capture is not None else 0
+
+    def decode_errors(self) -> dict[str, int]:
+        return dict(self.engine.decode_errors)
+
+    def pending(self) -> int:
+        return self.engine.pairer.stats.pending
+
+    def evicted(self) -> int:
+        return self.engine.pairer.stats.evicted
+
+    def netns_attached(self) -> int:
+        return len(self.capture.attached) if self.capture is not None else 0
+
+
+def bind_health(sinks: Sequence[object], health: LiveHealth) -> None:
+    """Give sinks that report the exporter's own health (the telemetry sink) its sources."""
+    from exporter.telemetry import semconv as sc
+
+    sources: dict[str, Callable[[], object]] = {
+        sc.METRIC_CAPTURE_PACKETS: health.packets,
+        sc.METRIC_CAPTURE_LOST: health.lost,
+        sc.METRIC_DECODE_ERRORS: health.decode_errors,
+        sc.METRIC_PAIRS_PENDING: health.pending,
+        sc.METRIC_PAIRS_EVICTED: health.evicted,
+        sc.METRIC_NETNS_ATTACHED: health.netns_attached,
+    }
+    for sink in sinks:
+        registry = getattr(sink, "health", None)
+        register = getattr(registry, "register", None)
+        if register is None:
+            continue
+        for name, fn in sources.items():
+            register(name, fn)
+
+
+def run_live(
+    settings: Settings,
+    sinks: Sequence[object],
+    *,
+    err: TextIO,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[LiveHealth], None] | None = None,
+) -> int:
+    from exporter.capture.ebpf import CaptureError, EbpfCapture
+    from exporter.cli import StartupError, Stopper
+    from exporter.netns import NetnsWatcher
+
+    engine = Engine(
+        list(sinks),  # type: ignore[arg-type]
+        timeout_ns=settings.timeout_ns,
+        max_pending=settings.max_pending,
+    )
+    health = LiveHealth(engine)
+    if stop is None:
+        stopper = Stopper()
+        stopper.install()
+        stop = stopper.event
+    try:
+        capture = EbpfCapture(
+            engine.on_segment, dns_ports=sorted(settings.ports), max_payload=settings.snaplen
+        )
+    except CaptureError as exc:
+        raise StartupError(str(exc)) from None
+    health.capture = capture
+    watcher = NetnsWatcher(
+        capture.attach,
+        capture.detach,
+        proc_root=settings.proc_root,
+        include_host=settings.include_host,
+        only=list(settings.netns_paths) or None,
+    )
+    health.watcher = watcher
+    bind_health(sinks, health)
+    try:
+        attached = watcher.scan()
+        log.info(
+            "capturing",
+            extra={
+                "netns_attached": attached,
+                "ports": ",".join(map(str, sorted(settings.ports))),
+                "compile_seconds": round(capture.compile_seconds, 3),
+            },
+        )
+        if settings.netns_paths and attached == 0:
+            raise StartupError(
+                "none of the --netns paths could be attached: "
+                + ", ".join(settings.netns_paths)
+                + " (check they exist, e.g. ip netns list)"
+            )
+        for sink in sinks:
+            header = getattr(sink, "write_header", None)
+            if header is not None:
+                header()
+        if on_ready is not None:
+            on_ready(health)
+        next_advance = 0
+        while not stop.is_set():
+            capture.poll(50)
+            now = time.time_ns()
+            if now >= next_advance:
+                engine.advance(now)
+                next_advance = now + ADVANCE_EVERY_NS
+                watcher.tick()
+        # drain what the kernel already handed over before stopping
+        capture.poll(0)
+    finally:
+        summary = (
+            f"dnsotel: {engine.segments} packets seen, {capture.lost()} lost in the kernel, "
+            f"{engine.decode_error_total} undecodable, {engine.pairer.stats.paired} pairs, "
+            f"{engine.pairer.stats.unanswered} unanswered"
+        )
+        capture.close()
+        print(summary, file=err, flush=True)
+    return 0
