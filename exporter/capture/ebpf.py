@@ -301,16 +301,16 @@ class EbpfCapture:
             ) from None
         self.compile_seconds = time.monotonic() - t0
         try:
-            compiled = self._bpf["scratch"].Leaf._type_  # per-CPU array: Leaf is struct dns_event * ncpus
+            compiled = self._bpf[b"scratch"].Leaf._type_  # per-CPU array: Leaf is struct dns_event * ncpus
             problems = layout_mismatches(compiled, max_payload)
             if problems:
                 raise CaptureError(
                     "bpf/dns_event.h and exporter/capture/events.py disagree: " + "; ".join(problems)
                 )
-            self._dispatch = self._bpf["dispatch"]
+            self._dispatch = self._bpf[b"dispatch"]
             self._dispatch[ctypes.c_int(0)] = ctypes.c_int(fn.fd)
-            self._counters = self._bpf["counters"]
-            self._ring_fd = int(self._bpf["events"].map_fd)
+            self._counters = self._bpf[b"counters"]
+            self._ring_fd = int(self._bpf[b"events"].map_fd)
         except CaptureError:
             self._bpf.cleanup()
             raise

@@ -372,7 +372,7 @@ def test_max_payload_4096_ports_list_and_ring_overflow_counted(topo: dict[str, i
 def test_event_struct_mirror_matches_the_compiled_struct(col: Collector) -> None:
     from exporter.capture.events import layout_mismatches
 
-    compiled = col.cap._bpf["scratch"].Leaf._type_  # type: ignore[attr-defined]
+    compiled = col.cap._bpf[b"scratch"].Leaf._type_  # type: ignore[attr-defined]
     assert layout_mismatches(compiled, 512) == []
 
 
