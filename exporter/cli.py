@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 from exporter import __version__
 from exporter.config import ConfigError, Settings, from_env, parse_ports
@@ -87,6 +87,23 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--list-fields", action="store_true", help="print the available fields and exit")
 
 
+def _add_kubernetes_args(p: argparse.ArgumentParser) -> None:
+    from exporter.k8s.selectors import add_selector_args
+
+    add_selector_args(p)
+    g = p.add_argument_group("kubernetes")
+    g.add_argument(
+        "--kubernetes", action="store_true", default=None, help="pod/service names (DNSOTEL_KUBERNETES)"
+    )
+    g.add_argument(
+        "--cluster-names",
+        action="store_true",
+        default=None,
+        help="index all pods and services of the cluster, not only this node's (DNSOTEL_CLUSTER_NAMES)",
+    )
+    g.add_argument("--kubeconfig", metavar="FILE", help="outside a pod (default $KUBECONFIG, ~/.kube/config)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dnsotel",
@@ -99,10 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--pcap", metavar="FILE", help="read a pcap/pcapng file instead of capturing live")
     _add_capture_args(trace)
     _add_output_args(trace)
+    _add_kubernetes_args(trace)
 
     run = sub.add_parser("run", help="the exporter: capture, pair and export spans and metrics until SIGTERM")
     _add_capture_args(run)
     _add_output_args(run)
+    _add_kubernetes_args(run)
 
     replay = sub.add_parser("replay", help="run a capture file through the exporter (spans/metrics or table)")
     replay.add_argument("file", metavar="FILE.pcap")
@@ -122,6 +141,8 @@ def settings_from(args: argparse.Namespace, env: dict[str, str] | None = None) -
         "include_host": getattr(args, "host", None),
         "netns_paths": tuple(args.netns) if getattr(args, "netns", None) else None,
         "snaplen": getattr(args, "snaplen", None),
+        "kubernetes": getattr(args, "kubernetes", None),
+        "cluster_names": getattr(args, "cluster_names", None),
     }
     settings = from_env(env, **overrides)
     if not 64 <= settings.snaplen <= 4096:
@@ -147,27 +168,69 @@ class Stopper:
         self.event.set()
 
 
-def _trace_sink(args: argparse.Namespace, settings: Settings, out: TextIO) -> object:
-    from exporter.enrich import PlainEnricher
-    from exporter.output import DEFAULT_FIELDS_NO_K8S, make_trace_sink
+class Context:
+    """What one command builds once: the enricher (shared by table and spans) and the pod selection."""
 
-    fields = args.fields
-    if fields is None and args.output == "columns" and not settings.kubernetes:
-        fields = list(DEFAULT_FIELDS_NO_K8S)
-    return make_trace_sink(
-        out,
-        fields=fields,
-        fmt=args.output,
-        filters=args.filter,
-        enricher=PlainEnricher(node=settings.node_name),
-    )
+    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+        from exporter.enrich import PlainEnricher
+        from exporter.k8s.selectors import SelectorError, selector_from_args
+
+        self.args = args
+        self.settings = settings
+        try:
+            self.selector = selector_from_args(args) if hasattr(args, "namespace") else None
+        except SelectorError as exc:
+            raise UsageError(str(exc)) from None
+        if self.selector is not None and self.selector.active and not settings.kubernetes:
+            raise UsageError("-n/-p/-c/-l select pods: add --kubernetes (or set DNSOTEL_KUBERNETES=true)")
+        self.enricher: Any = PlainEnricher(node=settings.node_name)
+        if settings.kubernetes:
+            from exporter.k8s import K8sConfigError, start_enricher
+
+            try:
+                self.enricher = start_enricher(
+                    settings.node_name,
+                    settings.cluster_names,
+                    kubeconfig=getattr(args, "kubeconfig", None),
+                    proc_root=settings.proc_root,
+                )
+            except K8sConfigError as exc:
+                raise StartupError(str(exc)) from None
+        self.selection: Any = None
+        if self.selector is not None and self.selector.active:
+            from exporter.k8s.selectors import NetnsSelection
+
+            self.selection = NetnsSelection(self.selector, self.enricher)
+
+    def trace_sink(self, out: TextIO) -> object:
+        from exporter.output import DEFAULT_FIELDS_NO_K8S, make_trace_sink
+
+        args = self.args
+        fields = args.fields
+        if fields is None and args.output == "columns" and not self.settings.kubernetes:
+            fields = list(DEFAULT_FIELDS_NO_K8S)
+        sink = make_trace_sink(
+            out, fields=fields, fmt=args.output, filters=args.filter, enricher=self.enricher
+        )
+        if self.selection is not None:
+            from exporter.k8s.selectors import SelectingSink
+
+            return SelectingSink(sink, self.selection)
+        return sink
+
+    def netns_filter(self) -> Callable[[dict[int, str]], dict[int, str]] | None:
+        return self.selection.filter_paths if self.selection is not None else None  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        stop = getattr(self.enricher, "stop", None)
+        if stop is not None:
+            stop()
 
 
 def _run_pcap(path: str, settings: Settings, sinks: Sequence[object], err: TextIO) -> int:
     from exporter.capture.pcap import CaptureReader, PcapError
-    from exporter.pipeline import Engine
-
     from exporter.live import LiveHealth, bind_health
+    from exporter.pipeline import Engine
 
     engine = Engine(sinks, timeout_ns=settings.timeout_ns, max_pending=settings.max_pending)  # type: ignore[arg-type]
     bind_health(sinks, LiveHealth(engine))
@@ -198,21 +261,29 @@ def cmd_trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
         out.write(describe_fields())
         return EXIT_OK
-    sink = _trace_sink(args, settings, out)
-    if args.pcap:
-        return _run_pcap(args.pcap, settings, [sink], err)
-    from exporter.live import run_live
+    ctx = Context(args, settings)
+    try:
+        sink = ctx.trace_sink(out)
+        if args.pcap:
+            return _run_pcap(args.pcap, settings, [sink], err)
+        from exporter.live import run_live
 
-    return run_live(settings, [sink], err=err)
+        return run_live(settings, [sink], err=err, netns_filter=ctx.netns_filter())
+    finally:
+        ctx.close()
 
 
 def cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     settings = settings_from(args)
-    sinks, close = _exporter_sinks(args, settings, out)
+    ctx = Context(args, settings)
     try:
-        return _run_pcap(args.file, settings, sinks, err)
+        sinks, close = _exporter_sinks(ctx, out)
+        try:
+            return _run_pcap(args.file, settings, sinks, err)
+        finally:
+            close()
     finally:
-        close()
+        ctx.close()
 
 
 NEWCOMER_PROMETHEUS_PORT = 9464
@@ -225,23 +296,37 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         settings = dataclasses.replace(settings, prometheus_port=NEWCOMER_PROMETHEUS_PORT)
     from exporter.live import run_live
 
-    sinks, close = _exporter_sinks(args, settings, out)
+    ctx = Context(args, settings)
     try:
-        return run_live(settings, sinks, err=err)
+        sinks, close = _exporter_sinks(ctx, out)
+        try:
+            return run_live(settings, sinks, err=err, netns_filter=ctx.netns_filter())
+        finally:
+            close()
     finally:
-        close()
+        ctx.close()
 
 
-def _exporter_sinks(
-    args: argparse.Namespace, settings: Settings, out: TextIO
-) -> tuple[list[object], Callable[[], None]]:
+def _exporter_sinks(ctx: Context, out: TextIO) -> tuple[list[object], Callable[[], None]]:
     """The telemetry sink, plus the table when no OTLP endpoint is configured."""
+    from exporter.telemetry.otlp import ExporterConfigError
     from exporter.telemetry.runtime import build_telemetry
 
-    telemetry = build_telemetry(settings)
+    settings = ctx.settings
+    try:
+        telemetry = build_telemetry(settings, enricher=ctx.enricher)
+    except ExporterConfigError as exc:  # a bad OTEL_EXPORTER_OTLP_*PROTOCOL: one line, exit 1
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:  # /metrics could not be served (port in use, address not local)
+        if settings.prometheus_port is None:
+            raise
+        raise StartupError(
+            f"cannot serve /metrics on {settings.prometheus_addr}:{settings.prometheus_port}: "
+            f"{exc.strerror or exc} (set DNSOTEL_PROMETHEUS_PORT / DNSOTEL_PROMETHEUS_ADDR)"
+        ) from None
     sinks: list[object] = [telemetry.sink]
     if not settings.otlp_configured:
-        sinks.append(_trace_sink(args, settings, out))
+        sinks.append(ctx.trace_sink(out))
     return sinks, telemetry.close
 
 

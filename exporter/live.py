@@ -34,11 +34,17 @@ class LiveHealth:
     engine: Engine
     capture: EbpfCapture | None = None
     watcher: NetnsWatcher | None = None
+    # the capture's last values, kept when it closes: the final metric export (at shutdown)
+    # runs after the capture is closed, when its kernel counters can no longer be read
+    lost_at_close: int | None = None
+    attached_at_close: int | None = None
 
     def packets(self) -> int:
         return self.engine.segments
 
     def lost(self) -> int:
+        if self.lost_at_close is not None:
+            return self.lost_at_close
         return self.capture.lost() if self.capture is not None else 0
 
     def decode_errors(self) -> dict[str, int]:
@@ -51,6 +57,8 @@ class LiveHealth:
         return self.engine.pairer.stats.evicted
 
     def netns_attached(self) -> int:
+        if self.attached_at_close is not None:
+            return self.attached_at_close
         return len(self.capture.attached) if self.capture is not None else 0
 
 
@@ -82,6 +90,7 @@ def run_live(
     err: TextIO,
     stop: threading.Event | None = None,
     on_ready: Callable[[LiveHealth], None] | None = None,
+    netns_filter: Callable[[dict[int, str]], dict[int, str]] | None = None,
 ) -> int:
     from exporter.capture.ebpf import CaptureError, EbpfCapture
     from exporter.cli import StartupError, Stopper
@@ -112,6 +121,10 @@ def run_live(
         only=list(settings.netns_paths) or None,
     )
     health.watcher = watcher
+    if netns_filter is not None:
+        # capture only in the namespaces the pod selectors keep (re-decided at every rescan)
+        discover_all = watcher.wanted
+        watcher.wanted = lambda: netns_filter(discover_all())  # type: ignore[method-assign]
     bind_health(sinks, health)
     try:
         attached = watcher.scan()
@@ -146,8 +159,10 @@ def run_live(
         # drain what the kernel already handed over before stopping
         capture.poll(0)
     finally:
+        health.lost_at_close = capture.lost()
+        health.attached_at_close = len(capture.attached)
         summary = (
-            f"dnsotel: {engine.segments} packets seen, {capture.lost()} lost in the kernel, "
+            f"dnsotel: {engine.segments} packets seen, {health.lost_at_close} lost in the kernel, "
             f"{engine.decode_error_total} undecodable, {engine.pairer.stats.paired} pairs, "
             f"{engine.pairer.stats.unanswered} unanswered"
         )
