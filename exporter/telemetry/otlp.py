@@ -7,6 +7,10 @@ compression, timeout) the chosen SDK exporter reads from ``OTEL_EXPORTER_OTLP_*`
 ``os.environ`` itself; keyword arguments given here override it (tests pass
 ``endpoint=``/``timeout=``). ``http/json`` is not implemented by the Python SDK and is
 refused with a one-line reason.
+
+The span exporters returned are the SDK's with the OTLP encoding replaced by
+:mod:`exporter.telemetry.otlpwire` (the same request bytes, ~10x less CPU per span);
+``fast=False`` returns the SDK's own.
 """
 
 from __future__ import annotations
@@ -45,12 +49,22 @@ def protocol(env: Mapping[str, str], signal_var: str) -> str:
     return value
 
 
-def make_span_exporter(env: Mapping[str, str] | None = None, **kwargs: Any) -> SpanExporter:
+def make_span_exporter(
+    env: Mapping[str, str] | None = None, *, fast: bool = True, **kwargs: Any
+) -> SpanExporter:
     env = os.environ if env is None else env
     if protocol(env, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL) == HTTP_PROTOBUF:
+        if fast:
+            from exporter.telemetry.otlpwire import FastHttpSpanExporter
+
+            return FastHttpSpanExporter(**kwargs)
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpan
 
         return HttpSpan(**kwargs)
+    if fast:
+        from exporter.telemetry.otlpwire import FastGrpcSpanExporter
+
+        return FastGrpcSpanExporter(**kwargs)
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpan
 
     return GrpcSpan(**kwargs)
