@@ -70,7 +70,7 @@ def _add_capture_args(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="capture only in this network namespace (/var/run/netns/NAME or /proc/PID/ns/net); repeatable",
     )
-    g.add_argument("--snaplen", type=int, help="DNS payload bytes copied per packet (64..4096, default 512)")
+    g.add_argument("--snaplen", type=int, help="DNS payload bytes copied per packet (64..4096, default 1232)")
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -193,6 +193,9 @@ class Context:
                     settings.cluster_names,
                     kubeconfig=getattr(args, "kubeconfig", None),
                     proc_root=settings.proc_root,
+                    stale_after_s=settings.k8s_stale_after_s,
+                    # retry at least twice within the staleness window (30 s cap by default)
+                    backoff_max_s=min(30.0, settings.k8s_stale_after_s / 2),
                 )
             except K8sConfigError as exc:
                 raise StartupError(str(exc)) from None

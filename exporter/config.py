@@ -26,7 +26,7 @@ class Settings:
     ports: frozenset[int] = frozenset({53})
     timeout_ns: int = 5_000_000_000
     max_pending: int = 65_536
-    snaplen: int = 512
+    snaplen: int = 1232  # the EDNS payload size resolvers cap UDP answers at (DNS Flag Day 2020)
     include_host: bool = False
     netns_paths: tuple[str, ...] = ()
     proc_root: str = "/proc"
@@ -45,6 +45,7 @@ class Settings:
     # kubernetes
     kubernetes: bool = False
     cluster_names: bool = False
+    k8s_stale_after_s: float = 60.0  # API unreachable this long: drop cached names (raw r/ip:port)
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -126,7 +127,7 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         ports=parse_ports(ports_raw, "DNSOTEL_PORTS") if ports_raw else frozenset({53}),
         timeout_ns=_int(e, "DNSOTEL_TIMEOUT_MS", 5000, 1, 3_600_000) * 1_000_000,
         max_pending=_int(e, "DNSOTEL_MAX_PENDING", 65_536, 16, 10_000_000),
-        snaplen=_int(e, "DNSOTEL_SNAPLEN", 512, 64, MAX_SNAPLEN),
+        snaplen=_int(e, "DNSOTEL_SNAPLEN", 1232, 64, MAX_SNAPLEN),
         include_host=_bool(e, "DNSOTEL_HOST_NETNS", False),
         netns_paths=tuple(p for p in netns_raw.split(",") if p.strip()),
         proc_root=e.get("DNSOTEL_PROC_ROOT", "/proc").strip() or "/proc",
@@ -143,6 +144,7 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         otlp_configured=any(e.get(v, "").strip() for v in endpoint_vars),
         kubernetes=_bool(e, "DNSOTEL_KUBERNETES", False),
         cluster_names=_bool(e, "DNSOTEL_CLUSTER_NAMES", False),
+        k8s_stale_after_s=_int(e, "DNSOTEL_K8S_STALE_AFTER_MS", 60_000, 100, 86_400_000) / 1000.0,
     )
     for key, value in overrides.items():
         if value is not None:

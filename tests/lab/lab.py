@@ -606,13 +606,25 @@ class Resolver:
     def argv(self) -> list[str]:
         raise NotImplementedError
 
+    # dnsmasq lists the interfaces at start and gives up if one vanishes meanwhile, which
+    # happens right after a client namespace is deleted: the kernel removes the peer veth
+    # in the resolver's namespace asynchronously. Only that message is retried.
+    TRANSIENT_START_ERRORS = ("failed to find list of interfaces",)
+
     def start(self) -> Self:
-        self.proc = self.lab.spawn("resolver", self.argv(), tag=self.kind)
-        try:
-            self.lab.wait_listening("resolver", self.listen, self.port)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\n{self.kind} output:\n{self.proc.output()}\n{self.log()}") from None
-        return self
+        for attempt in range(4):
+            self.proc = self.lab.spawn("resolver", self.argv(), tag=self.kind)
+            try:
+                self.lab.wait_listening("resolver", self.listen, self.port)
+                return self
+            except RuntimeError as exc:
+                output = f"{self.proc.output()}\n{self.log()}"
+                transient = any(e in output for e in self.TRANSIENT_START_ERRORS)
+                if not transient or attempt == 3:
+                    raise RuntimeError(f"{exc}\n{self.kind} output:\n{output}") from None
+                self.stop()
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -98,7 +98,7 @@ def response_wire(
         owner = cname
     if addrs:
         r.answer.append(dns.rrset.from_text(owner, ttl, "IN", dns.rdatatype.to_text(rdtype), *addrs))
-    return r.to_wire()
+    return r.to_wire(want_shuffle=False)  # dnspython shuffles rdatas by default
 
 
 def make_exchange(
