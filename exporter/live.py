@@ -164,7 +164,8 @@ def run_live(
         summary = (
             f"dnsotel: {engine.segments} packets seen, {health.lost_at_close} lost in the kernel, "
             f"{engine.decode_error_total} undecodable, {engine.pairer.stats.paired} pairs, "
-            f"{engine.pairer.stats.unanswered} unanswered"
+            f"{engine.pairer.stats.unanswered} unanswered, "
+            f"{engine.pairer.stats.pending} still pending (not reported: their timeout had not passed)"
         )
         capture.close()
         print(summary, file=err, flush=True)
