@@ -121,9 +121,9 @@ def run_live(
         only=list(settings.netns_paths) or None,
     )
     health.watcher = watcher
+    discover_all = watcher.wanted
     if netns_filter is not None:
         # capture only in the namespaces the pod selectors keep (re-decided at every rescan)
-        discover_all = watcher.wanted
         watcher.wanted = lambda: netns_filter(discover_all())  # type: ignore[method-assign]
     bind_health(sinks, health)
     try:
@@ -136,7 +136,10 @@ def run_live(
                 "compile_seconds": round(capture.compile_seconds, 3),
             },
         )
-        if settings.netns_paths and attached == 0:
+        # with pod selectors, paths that exist but are not selected yet (names load in the
+        # background) are no start-up error: the rescan attaches them once they are selected
+        selecting = netns_filter is not None and bool(discover_all())
+        if settings.netns_paths and attached == 0 and not selecting:
             raise StartupError(
                 "none of the --netns paths could be attached: "
                 + ", ".join(settings.netns_paths)

@@ -178,7 +178,9 @@ def test_api_down_degrades_names_never_blocks_then_names_return(api: FakeApiServ
             index.endpoint("198.18.6.10", 53)
             worst = max(worst, time.perf_counter() - t0)
             n += 1
-        assert worst < 0.05, f"a lookup took {worst * 1000:.1f} ms while the API was down"
+        # a lookup that waited on the API would take its client timeout (seconds); a dict read
+        # takes microseconds: 1 s tells them apart even on a loaded 2-core machine
+        assert worst < 1.0, f"a lookup took {worst * 1000:.1f} ms while the API was down"
         wait_until(lambda: all(w.stats.degraded >= 1 for w in ws), what="degrade after stale_after")
         assert index.endpoint("198.18.6.1", 53) == "r/198.18.6.1:53"
         assert index.endpoint("198.18.6.10", 53) == "r/198.18.6.10:53"
