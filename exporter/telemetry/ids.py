@@ -19,6 +19,12 @@ BLAKE2b is keyed by the ``person`` string only to separate the id spaces; it is 
 a fast, well-mixed hash, not for secrecy. An all-zero result (invalid in W3C trace
 context) is mapped to 1.
 
+Only the two ends of one exchange are derived this way. A resolver's upstream query is
+not a child by derivation (its key is the resolver's address and port): the resolution
+tracker (:mod:`exporter.telemetry.resolution`) puts it in the trace of the server query it
+serves, under that server span's derived id, while keeping its own derived span id, so the
+upstream's server span (derived from the upstream query's key) still names it as parent.
+
 **Collisions.** Two exchanges with the same key get the same ids. The key repeats when
 one socket asks the same question again with the same DNS id — e.g. a client that
 keeps one TCP connection or UDP port and a fixed id, or 16-bit id reuse on a long-lived

@@ -45,5 +45,7 @@ def build_telemetry(
         metric_interval_s=settings.metrics_export_interval_s,
         prometheus_port=settings.prometheus_port,
         prometheus_addr=settings.prometheus_addr,
+        timeout_ns=settings.timeout_ns,
+        proc_root=settings.proc_root,
     )
     return Telemetry(sink)

@@ -139,6 +139,15 @@ LOOKUP_DURATION_BUCKETS: Final = (
 # --- span shape ------------------------------------------------------------------------
 SPAN_NAME_PREFIX: Final = "DNS "  # span name = "DNS <QTYPE>"
 SPAN_EVENT_RETRANSMISSION: Final = "retransmission"  # span event at each retransmitted query
+# span event on a UDP exchange answered with TC=1 (at the response)
+SPAN_EVENT_TRUNCATED: Final = "truncated"
+# span event on the TCP exchange that retries a truncated UDP one (at the TCP query); its
+# attributes dns.id / client.port / network.transport describe the UDP exchange
+SPAN_EVENT_TCP_RETRY_AFTER_TRUNCATION: Final = "tcp_retry_after_truncation"
+# attribute on span links: why the spans are linked
+SPAN_LINK_REASON: Final = "dnsotel.link.reason"
+SPAN_LINK_REASON_COALESCED: Final = "coalesced"  # upstream query -> another server query it answers
+SPAN_LINK_REASON_TRUNCATED: Final = "truncated_udp"  # TCP retry -> the truncated UDP exchange
 INSTRUMENTATION_SCOPE: Final = "dnsotel"
 
 # --- resource (OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES override these) --------------

@@ -10,9 +10,17 @@ On the capture thread, per exchange, it only
    refusals are dropped and counted in ``dnsotel.spans.dropped``,
 3. appends the bare exchange to a bounded queue (full -> dropped and counted).
 
-A daemon thread builds and exports the spans (:class:`~exporter.telemetry.spans.SpanPipeline`);
+A daemon thread builds and exports the spans (:class:`~exporter.telemetry.spans.SpanPipeline`)
+every ``span_delay_s`` (``OTEL_BSP_SCHEDULE_DELAY``, 1 s by default);
 another exports the metrics every ``metric_interval_s`` (``OTEL_METRIC_EXPORT_INTERVAL``,
 15 s by default); ``prometheus_port`` serves the same aggregates on ``/metrics``.
+
+When spans are exported, a :class:`~exporter.telemetry.resolution.ResolutionTracker` sees
+every query and response first (a few dict operations on the capture thread) and annotates
+the spans when they are built: a resolver's upstream query joins the trace of the client
+query it serves, search-list tries are marked, TCP retries of truncated answers linked.
+The sampling decision uses the trace id the span will carry, so a resolution's spans are
+kept or dropped together.
 
 Unanswered queries count in ``dns.queries.unanswered`` and are *not* recorded in
 ``dns.lookup.duration`` (their "duration" is the timeout, not a latency).
@@ -21,6 +29,7 @@ Unanswered queries count in ``dns.queries.unanswered`` and are *not* recorded in
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -41,6 +50,7 @@ from exporter.telemetry import ids
 from exporter.telemetry import semconv as sc
 from exporter.telemetry.metrics import Aggregates, Health, PeriodicMetricExport, PrometheusCollector
 from exporter.telemetry.otlp import metric_interval_s as env_metric_interval_s
+from exporter.telemetry.resolution import ResolutionTracker, ResolvConfReader
 from exporter.telemetry.sampling import TokenBucket, keep_by_ratio, ratio_bound
 from exporter.telemetry.spans import ParentResolver, SpanBuilder, SpanPipeline, exchange_key
 
@@ -60,6 +70,23 @@ def build_resource(node: str = "") -> Resource:
     if node:
         defaults[sc.K8S_NODE_NAME] = node
     return Resource(defaults).merge(Resource(attrs, detected.schema_url))
+
+
+DEFAULT_SPAN_DELAY_S = 1.0
+OTEL_BSP_SCHEDULE_DELAY = "OTEL_BSP_SCHEDULE_DELAY"
+
+
+def span_delay_s_from_env(env: dict[str, str] | None = None) -> float:
+    """``OTEL_BSP_SCHEDULE_DELAY`` (ms) in seconds; 1 s when unset or not a positive number."""
+    raw = (os.environ if env is None else env).get(OTEL_BSP_SCHEDULE_DELAY, "").strip()
+    if not raw:
+        return DEFAULT_SPAN_DELAY_S
+    try:
+        ms = float(raw)
+    except ValueError:
+        log.warning("%s=%r is not a number of ms; using %.0f ms", OTEL_BSP_SCHEDULE_DELAY, raw, 1000.0)
+        return DEFAULT_SPAN_DELAY_S
+    return ms / 1000.0 if ms > 0 else DEFAULT_SPAN_DELAY_S
 
 
 def _version() -> str:
@@ -84,7 +111,13 @@ class TelemetrySink:
     ``metric_interval_s`` OTLP metric export interval (None: OTEL_METRIC_EXPORT_INTERVAL or 15 s)
     ``prometheus_port``  serve ``/metrics`` on ``prometheus_addr:port`` (None: don't; 0: any port)
     ``clock``            monotonic ns (rate limiting); ``wall_clock``: epoch ns (metric timestamps)
-    ``parent_resolver``  optional hook: a parent ``SpanContext`` for an exchange (resolver upstream)
+    ``parent_resolver``  optional hook: a parent ``SpanContext`` for an exchange
+    ``resolution``       True (default): track resolutions across exchanges (upstream children,
+                         search expansion, TCP retries) with a ``ResolutionTracker``; or a
+                         tracker to use; False: none
+    ``timeout_ns``       the pairing timeout (how long the tracker keeps a pending query)
+    ``proc_root``        where the tracker reads each netns' resolv.conf (``<pid>/root/etc/resolv.conf``)
+    ``span_delay_s``     span export interval (None: ``OTEL_BSP_SCHEDULE_DELAY`` or 1 s)
     """
 
     def __init__(
@@ -108,7 +141,10 @@ class TelemetrySink:
         wall_clock: Callable[[], int] = time.time_ns,
         parent_resolver: ParentResolver | None = None,
         span_batch_size: int = 512,
-        span_delay_s: float = 1.0,
+        span_delay_s: float | None = None,
+        resolution: ResolutionTracker | bool = True,
+        timeout_ns: int = 5_000_000_000,
+        proc_root: str = "/proc",
     ) -> None:
         if not 0.0 <= sample_ratio <= 1.0:
             raise ValueError(f"sample_ratio must be within [0, 1], got {sample_ratio}")
@@ -132,10 +168,28 @@ class TelemetrySink:
         )
         self.rate_dropped = 0  # capture thread only
         self._spans: SpanPipeline | None = None
+        self.resolution: ResolutionTracker | None = None
         if span_exporter is not None:
-            builder = SpanBuilder(enricher, self.resource, self.scope, node, parent_resolver)
+            if isinstance(resolution, ResolutionTracker):
+                self.resolution = resolution
+            elif resolution:
+                self.resolution = ResolutionTracker(
+                    timeout_ns=timeout_ns, resolv_conf=ResolvConfReader(proc_root)
+                )
+            builder = SpanBuilder(
+                enricher,
+                self.resource,
+                self.scope,
+                node,
+                parent_resolver,
+                self.resolution.annotate if self.resolution is not None else None,
+            )
             self._spans = SpanPipeline(
-                span_exporter, builder, max_queue=max_queue, batch_size=span_batch_size, delay_s=span_delay_s
+                span_exporter,
+                builder,
+                max_queue=max_queue,
+                batch_size=span_batch_size,
+                delay_s=span_delay_s if span_delay_s is not None else span_delay_s_from_env(),
             )
         self.health.register(sc.METRIC_SPANS_EXPORTED, lambda: self.spans_exported)
         self.health.register(sc.METRIC_SPANS_DROPPED, lambda: self.spans_dropped)
@@ -170,13 +224,19 @@ class TelemetrySink:
 
     # --- PairSink (capture thread) -----------------------------------------------------
     def on_query(self, pkt: DnsPacket, role: str, retransmit: bool) -> None:
-        """Nothing to do per query: the exchange carries the retransmissions."""
+        """Only the resolution tracker looks at single queries (the exchange carries retransmissions)."""
+        tracker = self.resolution
+        if tracker is not None:
+            tracker.on_query(pkt, role, retransmit)
 
     def on_response(self, ex: Exchange) -> None:
         q = ex.query
         r = ex.response
         if q is None or r is None:
             return
+        tracker = self.resolution
+        if tracker is not None:
+            tracker.on_response(ex)
         m = q.meta
         question = q.msg.question
         rcode = r.msg.rcode
@@ -208,9 +268,12 @@ class TelemetrySink:
         if not (rcode or latency >= self._slow_ns or self._keep_all):
             if self._keep_none:
                 return
-            key = exchange_key(ex)
-            assert key is not None
-            tid = ids.trace_id(key)
+            if tracker is not None:
+                tid = tracker.trace_id_for(ex)
+            else:
+                key = exchange_key(ex)
+                assert key is not None
+                tid = ids.trace_id(key)
             if not keep_by_ratio(tid, self._bound):
                 return
         if not self._bucket.take():
@@ -222,6 +285,8 @@ class TelemetrySink:
         q = ex.query
         if q is None:
             return
+        if self.resolution is not None:
+            self.resolution.on_unanswered(ex)
         m = q.meta
         question = q.msg.question
         enr = self._enricher
@@ -268,6 +333,8 @@ class TelemetrySink:
         deadline = time.monotonic() + timeout_s
         if self._spans is not None:
             self._spans.shutdown(timeout_s * 0.5)
+        if self.resolution is not None:
+            self.resolution.close()
         if self._metrics is not None:
             left = max(0.1, deadline - time.monotonic())
             if not self._metrics.stop(left * 0.8):

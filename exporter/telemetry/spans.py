@@ -3,7 +3,11 @@
 :class:`SpanBuilder` turns one :class:`~exporter.records.Exchange` into a ``ReadableSpan``
 directly (no ``Tracer``, no ``Span`` lifecycle): name ``DNS <QTYPE>``, kind from the
 role, start/end from the kernel timestamps, derived ids (:mod:`exporter.telemetry.ids`),
-every contract attribute, one ``retransmission`` event per retransmitted query.
+every contract attribute, one ``retransmission`` event per retransmitted query, and a
+``truncated`` event when a UDP answer has TC=1. An optional ``annotator``
+(:class:`~exporter.telemetry.resolution.ResolutionTracker.annotate`) adds what relates the
+exchange to others: a parent in another trace (a resolver's upstream query under the
+server span it serves), links, events and attributes (:class:`Annotation`).
 
 :class:`SpanPipeline` is the bounded hand-off: the capture thread appends the bare
 exchange (``offer``, a deque append); a daemon thread wakes every ``delay_s`` (or when a
@@ -19,19 +23,20 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from exporter.dns import rcode_name, type_name
 from exporter.enrich import Enricher
-from exporter.records import ROLE_SERVER, TRANSPORT_NAMES, Exchange
+from exporter.records import IPPROTO_UDP, ROLE_SERVER, TRANSPORT_NAMES, Exchange
 from exporter.telemetry import ids
 from exporter.telemetry import semconv as sc
 
@@ -45,6 +50,27 @@ _UNSET = Status(StatusCode.UNSET)
 #: parent's ``SpanContext`` or None. When it returns one, the span joins the parent's trace
 #: (its trace id) and keeps its own derived span id.
 ParentResolver = Callable[[Exchange], SpanContext | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    """What an exchange's span gets besides the contract (from an :data:`Annotator`).
+
+    ``parent``: the span's parent instead of the derived one; the span joins its trace.
+    ``trace_id`` (when no ``parent``): the trace to join, keeping the derived parent span id
+    (a server span whose client span was itself re-parented). ``links``, ``events`` and
+    ``attributes`` are added to the span's own.
+    """
+
+    trace_id: int = 0
+    parent: SpanContext | None = None
+    links: Sequence[Link] = ()
+    events: Sequence[Event] = ()
+    attributes: Mapping[str, AttributeValue] | None = None
+
+
+#: Hook called on the export thread with the exchange whose span is being built.
+Annotator = Callable[[Exchange], Annotation | None]
 
 
 def exchange_key(ex: Exchange) -> ids.ExchangeKey | None:
@@ -69,12 +95,14 @@ class SpanBuilder:
         scope: InstrumentationScope,
         node: str = "",
         parent_resolver: ParentResolver | None = None,
+        annotator: Annotator | None = None,
     ) -> None:
         self._enricher = enricher
         self._resource = resource
         self._scope = scope
         self._node = node
         self._parent_resolver = parent_resolver
+        self._annotator = annotator
 
     def build(self, ex: Exchange, trace_id: int = 0) -> ReadableSpan | None:
         q = ex.query
@@ -104,6 +132,21 @@ class SpanBuilder:
                 p = None
             if p is not None:
                 parent, tid = p, p.trace_id
+        ann: Annotation | None = None
+        if self._annotator is not None:
+            try:
+                ann = self._annotator(ex)
+            except Exception:
+                log.warning("span annotator failed", exc_info=True)
+            if ann is not None:
+                if ann.parent is not None:
+                    parent, tid = ann.parent, ann.parent.trace_id
+                elif ann.trace_id:
+                    tid = ann.trace_id
+                    if parent is not None:
+                        parent = SpanContext(
+                            tid, parent.span_id, is_remote=parent.is_remote, trace_flags=_SAMPLED
+                        )
 
         qtype = type_name(question.qtype) if question is not None else "0"
         attrs: dict[str, AttributeValue] = {}
@@ -156,11 +199,21 @@ class SpanBuilder:
             attrs[sc.K8S_CONTAINER_NAME] = wl.container
         attrs[sc.DNSOTEL_NETNS_ID] = qm.netns
         attrs[sc.DNS_RETRANSMITS] = ex.retransmits
-        events: Sequence[Event] = (
+        events: list[Event] = (
             [Event(sc.SPAN_EVENT_RETRANSMISSION, timestamp=ts) for ts in ex.retransmit_ts_ns]
             if ex.retransmit_ts_ns
-            else ()
+            else []
         )
+        if r is not None and r.msg.tc and qm.transport == IPPROTO_UDP:
+            events.append(Event(sc.SPAN_EVENT_TRUNCATED, timestamp=r.meta.ts_ns))
+        links: Sequence[Link] = ()
+        if ann is not None:
+            if ann.attributes:
+                attrs.update(ann.attributes)
+            if ann.events:
+                events.extend(ann.events)
+                events.sort(key=lambda e: e.timestamp)
+            links = ann.links
         return ReadableSpan(
             name=sc.SPAN_NAME_PREFIX + qtype,
             context=SpanContext(tid, sid, is_remote=False, trace_flags=_SAMPLED),
@@ -168,6 +221,7 @@ class SpanBuilder:
             resource=self._resource,
             attributes=attrs,
             events=events,
+            links=links,
             kind=kind,
             status=status,
             start_time=qm.ts_ns,
