@@ -258,6 +258,8 @@ class SpanPipeline:
         self._stopping = False
         self.dropped_full = 0
         self.dropped_export = 0
+        self._dropped_logged = 0
+        self._next_drop_log = 0.0
         self.exported = 0
         self.build_errors = 0
         self._thread = threading.Thread(target=self._run, name="dnsotel-spans", daemon=True)
@@ -280,14 +282,37 @@ class SpanPipeline:
         return len(self._q)
 
     # export thread
+    DROP_LOG_INTERVAL_S = 30.0
+
     def _run(self) -> None:
         while True:
             self._wake.wait(self._delay)
             self._wake.clear()
             self._drain()
+            self._report_drops()
             if self._stopping:
                 self._drain()
+                self._report_drops(force=True)
                 return
+
+    def _report_drops(self, force: bool = False) -> None:
+        """One warning per interval while spans are being lost, with the counts (never per span)."""
+        dropped = self.dropped_full + self.dropped_export
+        now = time.monotonic()
+        if dropped == self._dropped_logged or (not force and now < self._next_drop_log):
+            return
+        log.warning(
+            "spans dropped",
+            extra={
+                "dropped_total": dropped,
+                "dropped_queue_full": self.dropped_full,
+                "dropped_export_failed": self.dropped_export,
+                "exported_total": self.exported,
+                "queued": len(self._q),
+            },
+        )
+        self._dropped_logged = dropped
+        self._next_drop_log = now + self.DROP_LOG_INTERVAL_S
 
     def _drain(self) -> None:
         q = self._q

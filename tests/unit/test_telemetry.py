@@ -8,6 +8,7 @@ grpcio on 127.0.0.1) and the tests read the protobuf the receiver got.
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import threading
 import time
@@ -597,7 +598,10 @@ def test_shutdown_is_bounded_when_collector_is_down_or_slow(receiver: OtlpReceiv
     assert sink.spans_dropped == 100
 
 
-def test_unavailable_collector_drops_are_counted(receiver: OtlpReceiver) -> None:
+def test_unavailable_collector_drops_are_counted(
+    receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="exporter.telemetry.spans")
     receiver.mode = "unavailable"
     sink = new_sink(receiver, span_exporter=grpc_span_exporter(receiver, timeout=0.5))
     for i in range(10):
@@ -608,6 +612,10 @@ def test_unavailable_collector_drops_are_counted(receiver: OtlpReceiver) -> None
     assert len(receiver.wait_spans(1)) == 1
     sink.shutdown(5)
     assert receiver.refused >= 1 and sink.spans_exported == 1
+    # the loss is said in dnsotel's own log, with the counts, not once per span
+    warnings = [r for r in caplog.records if r.getMessage() == "spans dropped"]
+    assert 1 <= len(warnings) <= 2
+    assert max(getattr(w, "dropped_total", 0) for w in warnings) == 10
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -653,20 +661,6 @@ def test_resource_honours_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
     r = build_resource("node-z").attributes
     assert r[sc.RESOURCE_SERVICE_NAME] == "dns-prod"
     assert r["deployment.environment"] == "prod" and r["k8s.cluster.name"] == "c1"
-
-
-def test_capture_thread_work_is_small() -> None:
-    """Not a benchmark (bench/export.py is): a guard against a 10x regression."""
-    sink = TelemetrySink(FakeEnricher(), span_exporter=None, metric_interval_s=3600)
-    ex = make_exchange()
-    for _ in range(2000):
-        sink.on_response(ex)
-    t = time.process_time()
-    for _ in range(20_000):
-        sink.on_response(ex)
-    per = (time.process_time() - t) / 20_000
-    sink.shutdown(1)
-    assert per < 100e-6, per
 
 
 def test_concurrent_capture_and_collection_lose_nothing(receiver: OtlpReceiver) -> None:
