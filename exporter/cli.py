@@ -239,6 +239,10 @@ def _run_pcap(path: str, settings: Settings, sinks: Sequence[object], err: TextI
     bind_health(sinks, LiveHealth(engine))
     try:
         reader = CaptureReader(path, ports=settings.ports)
+        for sink in sinks:  # a file is read at full speed: let the table hold its output
+            hold = getattr(sink, "flush_pending", None)
+            if callable(hold):
+                hold()
         for seg in reader:
             engine.on_segment(seg)
     except PcapError as exc:
@@ -248,6 +252,10 @@ def _run_pcap(path: str, settings: Settings, sinks: Sequence[object], err: TextI
     except OSError as exc:
         raise StartupError(f"cannot read {path}: {exc.strerror or exc}") from None
     engine.finish()
+    for sink in sinks:
+        close = getattr(sink, "close", None)
+        if callable(close):
+            close()
     st = engine.pairer.stats
     print(
         f"dnsotel: {engine.messages} DNS messages, {st.paired} pairs, {st.unanswered} unanswered, "

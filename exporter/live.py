@@ -149,11 +149,15 @@ def run_live(
             header = getattr(sink, "write_header", None)
             if header is not None:
                 header()
+        # sinks that may hold output (the table on a pipe or file) flush it when capture is idle
+        idle_flushes = [f for f in (getattr(s, "flush_pending", None) for s in sinks) if callable(f)]
         if on_ready is not None:
             on_ready(health)
         next_advance = 0
         while not stop.is_set():
             capture.poll(50)
+            for flush_pending in idle_flushes:
+                flush_pending()
             now = time.time_ns()
             if now >= next_advance:
                 engine.advance(now)
@@ -161,6 +165,10 @@ def run_live(
                 watcher.tick()
         # drain what the kernel already handed over before stopping
         capture.poll(0)
+        for sink in sinks:
+            close = getattr(sink, "close", None)
+            if callable(close):
+                close()
     finally:
         health.lost_at_close = capture.lost()
         health.attached_at_close = len(capture.attached)

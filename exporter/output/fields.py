@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import difflib
 import enum
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from exporter.dns import rcode_name, type_name
+from exporter.dns import Message, rcode_name, type_name
 from exporter.enrich import Enricher, Workload
-from exporter.records import PKT_TYPE_NAMES, TRANSPORT_NAMES, DnsPacket
+from exporter.records import PKT_TYPE_NAMES, TRANSPORT_NAMES, DnsPacket, PacketMeta
 
 
 class OutputError(Exception):
@@ -61,39 +63,168 @@ class Ellipsis(enum.Enum):
 Value = str | int | bool | None | list[str]
 
 
-@dataclass(slots=True)
 class Row:
-    """One DNS packet as the trace table shows it. Endpoints are already named."""
+    """One DNS packet as the trace table shows it: the packet, plus its pairing outcome.
 
-    ts_ns: int
-    netns: int
-    ifindex: int
-    pkt_type: int
-    transport: int
-    src: str
-    dst: str
-    nameserver: str
-    src_addr: str
-    src_port: int
-    dst_addr: str
-    dst_port: int
-    ns_addr: str
-    ns_port: int
-    id: int
-    response: bool
-    qtype: int | None
-    name: str
-    rcode: int | None  # None on queries
-    latency_ns: int | None  # None on queries and unmatched responses; the timeout when unanswered
-    num_answers: int
-    addresses: list[str]
-    cnames: list[str]
-    ttl: int | None
-    tc: bool
-    rd: bool
-    ra: bool
-    unanswered: bool
-    workload: Workload
+    Lazy: a row keeps the packet's metadata and message and computes a value only when a
+    field asks for it (the enricher's endpoint names and workload once per row), so a row
+    costs what the selected fields and the filter read. The attributes are those of the
+    table: ``ts_ns``, ``src`` (the named endpoint), ``src_addr``, ``qtype``, ...
+    """
+
+    __slots__ = ("_dst", "_enricher", "_src", "_workload", "latency_ns", "meta", "msg", "unanswered")
+
+    def __init__(
+        self,
+        meta: PacketMeta,
+        msg: Message,
+        enricher: Enricher,
+        latency_ns: int | None = None,
+        unanswered: bool = False,
+    ) -> None:
+        self.meta = meta
+        self.msg = msg
+        # None on queries and unmatched responses; the timeout when unanswered
+        self.latency_ns = latency_ns
+        self.unanswered = unanswered
+        self._enricher = enricher
+        self._src: str | None = None
+        self._dst: str | None = None
+        self._workload: Workload | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Row(ts_ns={self.ts_ns}, src={self.src!r}, dst={self.dst!r}, id={self.id:#06x}, "
+            f"qr={'R' if self.response else 'Q'}, name={self.name!r}, rcode={self.rcode}, "
+            f"latency_ns={self.latency_ns}, unanswered={self.unanswered})"
+        )
+
+    # --- named by the enricher (once per row) ---------------------------------------------
+
+    @property
+    def src(self) -> str:
+        v = self._src
+        if v is None:
+            m = self.meta
+            v = self._src = self._enricher.endpoint(m.src, m.sport)
+        return v
+
+    @property
+    def dst(self) -> str:
+        v = self._dst
+        if v is None:
+            m = self.meta
+            v = self._dst = self._enricher.endpoint(m.dst, m.dport)
+        return v
+
+    @property
+    def nameserver(self) -> str:
+        """The query's destination or the response's source."""
+        return self.src if self.msg.qr else self.dst
+
+    @property
+    def workload(self) -> Workload:
+        v = self._workload
+        if v is None:
+            v = self._workload = self._enricher.workload(self.meta.netns)
+        return v
+
+    # --- straight from the packet ---------------------------------------------------------
+
+    @property
+    def ts_ns(self) -> int:
+        return self.meta.ts_ns
+
+    @property
+    def netns(self) -> int:
+        return self.meta.netns
+
+    @property
+    def ifindex(self) -> int:
+        return self.meta.ifindex
+
+    @property
+    def pkt_type(self) -> int:
+        return self.meta.pkt_type
+
+    @property
+    def transport(self) -> int:
+        return self.meta.transport
+
+    @property
+    def src_addr(self) -> str:
+        return self.meta.src
+
+    @property
+    def src_port(self) -> int:
+        return self.meta.sport
+
+    @property
+    def dst_addr(self) -> str:
+        return self.meta.dst
+
+    @property
+    def dst_port(self) -> int:
+        return self.meta.dport
+
+    @property
+    def ns_addr(self) -> str:
+        return self.meta.src if self.msg.qr else self.meta.dst
+
+    @property
+    def ns_port(self) -> int:
+        return self.meta.sport if self.msg.qr else self.meta.dport
+
+    @property
+    def id(self) -> int:
+        return self.msg.id
+
+    @property
+    def response(self) -> bool:
+        return bool(self.msg.qr)
+
+    @property
+    def qtype(self) -> int | None:
+        q = self.msg.question
+        return q.qtype if q is not None else None
+
+    @property
+    def name(self) -> str:
+        q = self.msg.question
+        return q.name if q is not None else ""
+
+    @property
+    def rcode(self) -> int | None:
+        """None on queries."""
+        return self.msg.rcode if self.msg.qr else None
+
+    @property
+    def num_answers(self) -> int:
+        return self.msg.ancount
+
+    @property
+    def addresses(self) -> list[str]:
+        return list(self.msg.addresses)
+
+    @property
+    def cnames(self) -> list[str]:
+        return list(self.msg.cnames)
+
+    @property
+    def ttl(self) -> int | None:
+        return self.msg.min_ttl
+
+    @property
+    def tc(self) -> bool:
+        return bool(self.msg.tc)
+
+    @property
+    def rd(self) -> bool:
+        return bool(self.msg.rd)
+
+    @property
+    def ra(self) -> bool:
+        return bool(self.msg.ra)
 
 
 def build_row(
@@ -105,49 +236,10 @@ def build_row(
 ) -> Row:
     """The row for one packet. ``latency_ns`` comes from pairing (the timeout when unanswered).
 
-    The nameserver is the query's destination or the response's source.
+    The nameserver is the query's destination or the response's source. Nothing is
+    computed yet: the fields a formatter or filter reads are (see :class:`Row`).
     """
-    meta = pkt.meta
-    msg = pkt.msg
-    if msg.qr:
-        ns_addr, ns_port = meta.src, meta.sport
-    else:
-        ns_addr, ns_port = meta.dst, meta.dport
-    src = enricher.endpoint(meta.src, meta.sport)
-    dst = enricher.endpoint(meta.dst, meta.dport)
-    nameserver = src if msg.qr else dst
-    q = msg.question
-    return Row(
-        ts_ns=meta.ts_ns,
-        netns=meta.netns,
-        ifindex=meta.ifindex,
-        pkt_type=meta.pkt_type,
-        transport=meta.transport,
-        src=src,
-        dst=dst,
-        nameserver=nameserver,
-        src_addr=meta.src,
-        src_port=meta.sport,
-        dst_addr=meta.dst,
-        dst_port=meta.dport,
-        ns_addr=ns_addr,
-        ns_port=ns_port,
-        id=msg.id,
-        response=bool(msg.qr),
-        qtype=q.qtype if q is not None else None,
-        name=q.name if q is not None else "",
-        rcode=msg.rcode if msg.qr else None,
-        latency_ns=latency_ns,
-        num_answers=msg.ancount,
-        addresses=list(msg.addresses),
-        cnames=list(msg.cnames),
-        ttl=msg.min_ttl,
-        tc=bool(msg.tc),
-        rd=bool(msg.rd),
-        ra=bool(msg.ra),
-        unanswered=unanswered,
-        workload=enricher.workload(meta.netns),
-    )
+    return Row(pkt.meta, pkt.msg, enricher, latency_ns, unanswered)
 
 
 # --- formatting helpers -----------------------------------------------------------------------
@@ -175,29 +267,85 @@ def format_duration(ns: int) -> str:
     return text
 
 
+# "2024-08-30T15:15:21." by second: rows come in time order (unanswered ones a timeout
+# late), so a handful of seconds covers them; cleared when it grows past _TS_CACHE_MAX.
+_ts_prefixes: dict[int, str] = {}
+_TS_CACHE_MAX = 64
+
+
 def format_timestamp(ts_ns: int) -> str:
     """RFC 3339 in UTC with nanoseconds: ``2024-08-30T15:15:21.137120000Z``."""
     secs, frac = divmod(ts_ns, _NS_PER_S)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+    prefix = _ts_prefixes.get(secs)
+    if prefix is None:
+        if len(_ts_prefixes) >= _TS_CACHE_MAX:
+            _ts_prefixes.clear()
+        prefix = _ts_prefixes[secs] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(secs))
+    return f"{prefix}{frac:09d}Z"
 
 
-def _latency_text(row: Row) -> str:
-    if row.latency_ns is None:
+def _latency_text(latency_ns: int | None, unanswered: bool) -> str:
+    if latency_ns is None:
         return ""
-    if row.unanswered:
-        return ">" + format_duration(row.latency_ns)
-    return format_duration(row.latency_ns)
+    if unanswered:
+        return ">" + format_duration(latency_ns)
+    return format_duration(latency_ns)
 
 
-def _opt_int(v: int | None) -> str:
-    return "" if v is None else str(v)
+def _pkt_type_name(p: int) -> str:
+    name = PKT_TYPE_NAMES.get(p)
+    return name if name is not None else str(p)
 
 
-def _bool(v: bool) -> str:
-    return "true" if v else "false"
+def _transport_name(t: int) -> str:
+    name = TRANSPORT_NAMES.get(t)
+    return name if name is not None else str(t)
 
 
 # --- the registry -----------------------------------------------------------------------------
+
+# What a field's code may use besides ``r`` (the Row), ``m`` (its PacketMeta), ``g`` (its
+# dns Message) and ``w`` (its Workload): the formatters compile these expressions into one
+# function per selection (table.py), the Field getters below into one function each.
+CODE_GLOBALS: dict[str, object] = {
+    "_ts": format_timestamp,
+    "_lat": _latency_text,
+    "_type_name": type_name,
+    "_rcode_name": rcode_name,
+    "_pkt_type_name": _pkt_type_name,
+    "_transport_name": _transport_name,
+}
+
+
+def code_prelude(codes: Iterable[str]) -> list[str]:
+    """The statements binding ``m``/``g``/``w`` that ``codes`` use, from the row ``r``."""
+    text = " ".join(codes)
+    out = []
+    if re.search(r"\bm\.", text):
+        out.append("m = r.meta")
+    if re.search(r"\bg\.", text):
+        out.append("g = r.msg")
+    if re.search(r"\bw\.", text):
+        out.append("w = r.workload")
+    return out
+
+
+def compile_row_function(
+    name: str,
+    body: Sequence[str],
+    result: str,
+    codes: Iterable[str],
+    extra: dict[str, object] | None = None,
+) -> Any:
+    """``def name(r): <prelude>; <body>; return <result>``, compiled with CODE_GLOBALS + extra."""
+    lines = [f"def {name}(r):"]
+    lines += [f"    {stmt}" for stmt in (*code_prelude([*codes, *body, result]), *body)]
+    lines.append(f"    return {result}")
+    namespace = dict(CODE_GLOBALS)
+    if extra:
+        namespace.update(extra)
+    exec("\n".join(lines) + "\n", namespace)  # our own field code, never user input
+    return namespace[name]
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +358,13 @@ class Field:
     field that has one (``latency_ns``); ``duration`` lets a filter value carry a unit
     (``5ms``). ``aliases`` maps other spellings of a value to the displayed one (the
     ``trace_dns`` response-code names).
+
+    ``code`` is the Python expression of the raw value (of the text for TEXT fields) over
+    ``r``/``m``/``g``/``w`` (see CODE_GLOBALS); the formatters compile it. ``text_code``
+    is the displayed text's. ``plain``: the text is never escaped (in JSON or on a
+    terminal): a code name, a number, a time. ``nullable``: an INT that may be None.
+    ``memo_code``: the small-domain raw value the text is a pure function of (``qtype``'s
+    number), so filters can remember a rule's outcome per value.
     """
 
     name: str
@@ -223,6 +378,11 @@ class Field:
     number: Callable[[Row], int | None] | None = None
     duration: bool = False
     aliases: dict[str, str] | None = None
+    code: str = ""
+    text_code: str = ""
+    plain: bool = False
+    nullable: bool = False
+    memo_code: str = ""
 
     @property
     def header(self) -> str:
@@ -238,17 +398,32 @@ class Field:
         v = self.raw(row)
         return v if isinstance(v, int) and not isinstance(v, bool) else None
 
+    def key_function(self) -> Callable[[Row], int | None]:
+        """``ordering_key`` as one compiled function (INT fields: the raw value)."""
+        if self.number is not None:
+            return self.number
+        if self.kind is Kind.INT:
+            return self.raw  # type: ignore[return-value]  # an int or None, never a bool
+        return self.ordering_key
+
+
+def _getter(name: str, code: str) -> Any:
+    return compile_row_function("get_" + re.sub(r"\W", "_", name), (), code, ())
+
 
 def _text(
     name: str,
-    get: Callable[[Row], str],
+    code: str,
     width: int,
     desc: str,
     *,
     ellipsis: Ellipsis = Ellipsis.END,
     align: Align = Align.LEFT,
     aliases: dict[str, str] | None = None,
+    plain: bool = False,
+    memo: str = "",
 ) -> Field:
+    get = _getter(name, code)
     return Field(
         name,
         Kind.TEXT,
@@ -259,30 +434,60 @@ def _text(
         ellipsis=ellipsis,
         description=desc,
         aliases=aliases,
+        code=code,
+        text_code=code,
+        plain=plain,
+        memo_code=memo,
     )
 
 
 def _int(
-    name: str, get: Callable[[Row], int | None], width: int, desc: str, *, duration: bool = False
+    name: str, code: str, width: int, desc: str, *, duration: bool = False, nullable: bool = False
 ) -> Field:
+    text_code = f'("" if ({code}) is None else str({code}))' if nullable else f"str({code})"
     return Field(
         name,
         Kind.INT,
-        get,
-        lambda r: _opt_int(get(r)),
+        _getter(name, code),
+        _getter(name, text_code),
         width,
         align=Align.RIGHT,
         description=desc,
         duration=duration,
+        code=code,
+        text_code=text_code,
+        plain=True,
+        nullable=nullable,
     )
 
 
-def _flag(name: str, get: Callable[[Row], bool], desc: str, width: int = 5) -> Field:
-    return Field(name, Kind.BOOL, get, lambda r: _bool(get(r)), width, description=desc)
+def _flag(name: str, code: str, desc: str, width: int = 5) -> Field:
+    text_code = f'("true" if {code} else "false")'
+    return Field(
+        name,
+        Kind.BOOL,
+        _getter(name, f"bool({code})"),
+        _getter(name, text_code),
+        width,
+        description=desc,
+        code=f"bool({code})",
+        text_code=text_code,
+        plain=True,
+    )
 
 
-def _list(name: str, get: Callable[[Row], list[str]], width: int, desc: str) -> Field:
-    return Field(name, Kind.LIST, get, lambda r: ",".join(get(r)), width, description=desc)
+def _list(name: str, code: str, width: int, desc: str) -> Field:
+    text_code = f'",".join({code})'
+    return Field(
+        name,
+        Kind.LIST,
+        _getter(name, f"list({code})"),
+        _getter(name, text_code),
+        width,
+        description=desc,
+        code=code,
+        text_code=text_code,
+    )
 
 
 # The response-code names trace_dns shows (Go's dnsmessage), accepted in rcode filters.
@@ -295,79 +500,103 @@ TRACE_DNS_RCODE_ALIASES = {
     "Refused": "REFUSED",
 }
 
+_QTYPE = "(None if g.question is None else g.question.qtype)"
+_RCODE = "(g.rcode if g.qr else None)"
+_NS_ADDR = "(m.src if g.qr else m.dst)"
+_NS_PORT = "(m.sport if g.qr else m.dport)"
+
 _FIELD_LIST: tuple[Field, ...] = (
-    _text("timestamp", lambda r: format_timestamp(r.ts_ns), 30, "Time the packet was seen (RFC 3339, UTC)"),
-    _int("timestamp_raw", lambda r: r.ts_ns, 19, "Time the packet was seen, ns since the Unix epoch"),
-    _int("netns_id", lambda r: r.netns, 12, "Inode of the network namespace the packet was seen in"),
-    _int("ifindex", lambda r: r.ifindex, 7, "Interface index in that network namespace"),
-    _text("k8s.node", lambda r: r.workload.node, 20, "Node", ellipsis=Ellipsis.MIDDLE),
-    _text("k8s.namespace", lambda r: r.workload.namespace, 16, "Namespace of the pod owning the netns"),
-    _text("k8s.podname", lambda r: r.workload.pod, 30, "Pod owning the netns", ellipsis=Ellipsis.MIDDLE),
-    _text("k8s.containername", lambda r: r.workload.container, 17, "Container of that pod"),
-    _text("src", lambda r: r.src, 30, "Source endpoint", ellipsis=Ellipsis.MIDDLE),
-    _text("src.addr", lambda r: r.src_addr, 24, "Source IP address", ellipsis=Ellipsis.MIDDLE),
-    _int("src.port", lambda r: r.src_port, 8, "Source port"),
-    _text("dst", lambda r: r.dst, 30, "Destination endpoint", ellipsis=Ellipsis.MIDDLE),
-    _text("dst.addr", lambda r: r.dst_addr, 24, "Destination IP address", ellipsis=Ellipsis.MIDDLE),
-    _int("dst.port", lambda r: r.dst_port, 8, "Destination port"),
+    _text("timestamp", "_ts(m.ts_ns)", 30, "Time the packet was seen (RFC 3339, UTC)", plain=True),
+    _int("timestamp_raw", "m.ts_ns", 19, "Time the packet was seen, ns since the Unix epoch"),
+    _int("netns_id", "m.netns", 12, "Inode of the network namespace the packet was seen in"),
+    _int("ifindex", "m.ifindex", 7, "Interface index in that network namespace"),
+    _text("k8s.node", "w.node", 20, "Node", ellipsis=Ellipsis.MIDDLE),
+    _text("k8s.namespace", "w.namespace", 16, "Namespace of the pod owning the netns"),
+    _text("k8s.podname", "w.pod", 30, "Pod owning the netns", ellipsis=Ellipsis.MIDDLE),
+    _text("k8s.containername", "w.container", 17, "Container of that pod"),
+    _text("src", "r.src", 30, "Source endpoint", ellipsis=Ellipsis.MIDDLE),
+    _text("src.addr", "m.src", 24, "Source IP address", ellipsis=Ellipsis.MIDDLE),
+    _int("src.port", "m.sport", 8, "Source port"),
+    _text("dst", "r.dst", 30, "Destination endpoint", ellipsis=Ellipsis.MIDDLE),
+    _text("dst.addr", "m.dst", 24, "Destination IP address", ellipsis=Ellipsis.MIDDLE),
+    _int("dst.port", "m.dport", 8, "Destination port"),
     _text(
         "nameserver",
-        lambda r: r.nameserver,
+        "r.nameserver",
         30,
         "Nameserver endpoint: the query's destination, the response's source",
         ellipsis=Ellipsis.MIDDLE,
     ),
-    _text("nameserver.addr", lambda r: r.ns_addr, 24, "Nameserver IP address", ellipsis=Ellipsis.MIDDLE),
-    _int("nameserver.port", lambda r: r.ns_port, 15, "Nameserver port"),
-    _text("id", lambda r: f"{r.id:04x}", 4, "DNS id in hex, as trace_dns shows it"),
-    _int("id_raw", lambda r: r.id, 6, "DNS id"),
-    _text("qr", lambda r: "R" if r.response else "Q", 2, "Q for a query, R for a response"),
-    _flag("qr_raw", lambda r: r.response, "false for a query, true for a response", width=6),
-    _text("qtype", lambda r: "" if r.qtype is None else type_name(r.qtype), 6, "Question type"),
-    _int("qtype_raw", lambda r: r.qtype, 9, "Question type number"),
-    _text("name", lambda r: r.name, 30, "Question name (FQDN, trailing dot)"),
+    _text("nameserver.addr", _NS_ADDR, 24, "Nameserver IP address", ellipsis=Ellipsis.MIDDLE),
+    _int("nameserver.port", _NS_PORT, 15, "Nameserver port"),
+    _text("id", 'format(g.id, "04x")', 4, "DNS id in hex, as trace_dns shows it", plain=True, memo="g.id"),
+    _int("id_raw", "g.id", 6, "DNS id"),
+    _text(
+        "qr", '("R" if g.qr else "Q")', 2, "Q for a query, R for a response", plain=True, memo="bool(g.qr)"
+    ),
+    _flag("qr_raw", "g.qr", "false for a query, true for a response", width=6),
+    _text(
+        "qtype",
+        '("" if g.question is None else _type_name(g.question.qtype))',
+        6,
+        "Question type",
+        plain=True,
+        memo=_QTYPE,
+    ),
+    _int("qtype_raw", _QTYPE, 9, "Question type number", nullable=True),
+    _text(
+        "name", '("" if g.question is None else g.question.name)', 30, "Question name (FQDN, trailing dot)"
+    ),
     _text(
         "rcode",
-        lambda r: "" if r.rcode is None else rcode_name(r.rcode),
+        '(_rcode_name(g.rcode) if g.qr else "")',
         8,
         "Response code; empty on queries",
         aliases=TRACE_DNS_RCODE_ALIASES,
+        plain=True,
+        memo=_RCODE,
     ),
-    _int("rcode_raw", lambda r: r.rcode, 9, "Response code number; empty on queries"),
+    _int("rcode_raw", _RCODE, 9, "Response code number; empty on queries", nullable=True),
     Field(
         "latency_ns",
         Kind.TEXT,
-        _latency_text,
-        _latency_text,
+        _getter("latency_ns", "_lat(r.latency_ns, r.unanswered)"),
+        _getter("latency_ns", "_lat(r.latency_ns, r.unanswered)"),
         10,
         align=Align.RIGHT,
         description="Response time - query time; '>timeout' when unanswered; empty otherwise",
-        number=lambda r: r.latency_ns,
+        number=_getter("latency_ns", "r.latency_ns"),
         duration=True,
+        code="_lat(r.latency_ns, r.unanswered)",
+        text_code="_lat(r.latency_ns, r.unanswered)",
+        plain=True,
     ),
     _int(
         "latency_ns_raw",
-        lambda r: r.latency_ns,
+        "r.latency_ns",
         14,
         "latency_ns in ns (the timeout when unanswered)",
         duration=True,
+        nullable=True,
     ),
-    _int("num_answers", lambda r: r.num_answers, 11, "Number of answer records"),
-    _list("addresses", lambda r: r.addresses, 24, "A/AAAA addresses of the answer section"),
-    _list("cnames", lambda r: r.cnames, 24, "CNAME chain of the answer section"),
-    _int("ttl", lambda r: r.ttl, 6, "Smallest TTL of the answer section"),
-    _flag("tc", lambda r: r.tc, "Truncated flag"),
-    _flag("rd", lambda r: r.rd, "Recursion desired flag"),
-    _flag("ra", lambda r: r.ra, "Recursion available flag"),
+    _int("num_answers", "g.ancount", 11, "Number of answer records"),
+    _list("addresses", "g.addresses", 24, "A/AAAA addresses of the answer section"),
+    _list("cnames", "g.cnames", 24, "CNAME chain of the answer section"),
+    _int("ttl", "g.min_ttl", 6, "Smallest TTL of the answer section", nullable=True),
+    _flag("tc", "g.tc", "Truncated flag"),
+    _flag("rd", "g.rd", "Recursion desired flag"),
+    _flag("ra", "g.ra", "Recursion available flag"),
     _text(
         "pkt_type",
-        lambda r: PKT_TYPE_NAMES.get(r.pkt_type, str(r.pkt_type)),
+        "_pkt_type_name(m.pkt_type)",
         9,
         "Packet direction (kernel skb pkt_type): HOST, OUTGOING, ...",
+        plain=True,
+        memo="m.pkt_type",
     ),
-    _int("pkt_type_raw", lambda r: r.pkt_type, 12, "pkt_type number"),
-    _text("transport", lambda r: TRANSPORT_NAMES.get(r.transport, str(r.transport)), 9, "udp or tcp"),
-    _flag("unanswered", lambda r: r.unanswered, "The query got no response within the timeout", width=10),
+    _int("pkt_type_raw", "m.pkt_type", 12, "pkt_type number"),
+    _text("transport", "_transport_name(m.transport)", 9, "udp or tcp", plain=True, memo="m.transport"),
+    _flag("unanswered", "r.unanswered", "The query got no response within the timeout", width=10),
 )
 
 FIELDS: dict[str, Field] = {f.name: f for f in _FIELD_LIST}

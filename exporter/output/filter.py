@@ -29,7 +29,16 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from exporter.output.fields import FIELDS, Field, FieldError, Kind, OutputError, Row, get_field
+from exporter.output.fields import (
+    FIELDS,
+    Field,
+    FieldError,
+    Kind,
+    OutputError,
+    Row,
+    compile_row_function,
+    get_field,
+)
 
 
 class FilterError(OutputError):
@@ -110,13 +119,17 @@ class Rule:
 class Filter:
     """All rules must match. An empty filter matches every row."""
 
-    __slots__ = ("rules",)
+    __slots__ = ("_tests", "rules")
 
     def __init__(self, rules: Iterable[Rule] = ()) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
+        self._tests = tuple(rule.test for rule in self.rules)
 
     def match(self, row: Row) -> bool:
-        return all(rule.test(row) for rule in self.rules)
+        for test in self._tests:  # noqa: SIM110  (all() of a generator costs twice as much)
+            if not test(row):
+                return False
+        return True
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -173,7 +186,8 @@ def parse_rule(expr: str) -> Rule:
             ) from None
         text = field.text
         negate = op == "!~"
-        return Rule(expr, field, op, value, lambda row: (rx.search(text(row)) is not None) != negate)
+        test = _memoized(field, lambda row: (rx.search(text(row)) is not None) != negate)
+        return Rule(expr, field, op, value, test)
 
     negate = op == "!="
     if field.kind is Kind.BOOL:
@@ -183,7 +197,28 @@ def parse_rule(expr: str) -> Rule:
 
     want = field.aliases.get(value, value) if field.aliases else value
     text = field.text
-    return Rule(expr, field, op, value, lambda row: (text(row) == want) != negate)
+    return Rule(expr, field, op, value, _memoized(field, lambda row: (text(row) == want) != negate))
+
+
+def _memoized(field: Field, test: Callable[[Row], bool]) -> Callable[[Row], bool]:
+    """``test`` remembered per raw value when the field's text is a function of a small one.
+
+    ``qtype==A`` then costs a number lookup, not the type's name: the text is built once
+    per distinct number (at most 65536 of them for ``id``/``qtype``, a few for the rest).
+    """
+    if not field.memo_code:
+        return test
+    key = compile_row_function("memo_key", (), field.memo_code, ())
+    seen: dict[object, bool] = {}
+
+    def memo(row: Row) -> bool:
+        k = key(row)
+        hit = seen.get(k)
+        if hit is None:
+            hit = seen[k] = test(row)
+        return hit
+
+    return memo
 
 
 def _bool_rule(expr: str, field: Field, op: str, value: str, negate: bool) -> Rule:
@@ -204,7 +239,7 @@ def _number_rule(expr: str, field: Field, op: str, value: str, negate: bool) -> 
     if not field.orderable:
         hint = f" (try {field.name}_raw)" if f"{field.name}_raw" in FIELDS else ""
         raise FilterError(f"filter rule {expr!r}: field {field.name!r} is text and cannot be ordered{hint}")
-    key = field.ordering_key
+    key = field.key_function()
     if value == "" and op in ("==", "!="):
         return Rule(expr, field, op, value, lambda row: (key(row) is None) != negate)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from typing import Any, ClassVar
 
 import dns.flags
@@ -12,8 +13,10 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from exporter.dns import decode
+from exporter.dns import Question, decode
 from exporter.enrich import PlainEnricher, Workload, raw_endpoint
 from exporter.output import (
     DEFAULT_FIELDS,
@@ -40,6 +43,8 @@ from exporter.records import (
     Exchange,
     PacketMeta,
 )
+from tests.fixtures.output.make_golden import GOLDEN
+from tests.fixtures.output.make_golden import HERE as GOLDEN_DIR
 
 SEC = 1_000_000_000
 MS = 1_000_000
@@ -534,3 +539,253 @@ def test_rows_from_the_real_pairer() -> None:
         "0bad R  SERVFAIL            false",
         "0e01 Q                  >5s true",
     ]
+
+
+# -- byte-identical to the formatters before the fast paths -------------------------------------
+#
+# tests/fixtures/output/*.txt were written by the simple formatters before the compiled fast
+# paths existed (61 rows with hostile names and boundary values, 50 field selections, 982
+# filter rules and their error messages); the compiled formatters must print the same bytes.
+
+
+@pytest.mark.parametrize("golden", sorted(GOLDEN))
+def test_output_is_byte_identical_to_the_golden_files(golden: str) -> None:
+    want = (GOLDEN_DIR / golden).read_text(encoding="utf-8")
+    got = GOLDEN[golden]()
+    assert got.split("\n") == want.split("\n")
+
+
+# Anything an enricher, the decoder or a hostile packet could put in a string: every code
+# point but surrogates (which no str from UTF-8 or inet_ntop holds), weighted to the
+# characters that need escaping in JSON or on a terminal.
+_NASTY = st.sampled_from(list('"\\\x00\x01\x1b\x1f\x7f\n\r\t\x85\u00a0\u2028\u2029\u200b…é😀漢,.:/{}'))
+TEXT = st.text(st.one_of(_NASTY, st.characters(exclude_categories=["Cs"])), max_size=40)
+INT16 = st.integers(0, 0xFFFF)
+
+
+Case = tuple[DnsPacket, Any, int | None, bool]  # a packet, its enricher, latency, unanswered
+
+
+@st.composite
+def packets(draw: st.DrawFn) -> Case:
+    from tests.fixtures.output.cases import Enr, Msg
+
+    qr = draw(st.booleans())
+    name = draw(st.one_of(st.none(), TEXT))
+    question = None if name is None else Question(name, draw(st.one_of(INT16, st.sampled_from([1, 28]))), 1)
+    msg = Msg(
+        draw(INT16),
+        qr,
+        draw(st.booleans()),
+        draw(st.booleans()),
+        draw(st.booleans()),
+        draw(st.integers(0, 4095)),
+        draw(INT16),
+        question,
+        draw(st.lists(TEXT, max_size=3)),
+        draw(st.lists(TEXT, max_size=3)),
+        draw(st.one_of(st.none(), st.integers(0, 2**31))),
+    )
+    src, dst = draw(TEXT), draw(TEXT)
+    ports = st.integers(0, 65535)
+    pm = PacketMeta(
+        draw(st.integers(-(10**18), 2 * 10**18)),
+        draw(st.integers(0, 2**32)),
+        draw(st.integers(0, 2**31)),
+        draw(st.integers(0, 300)),
+        draw(st.sampled_from([IPPROTO_UDP, IPPROTO_TCP, 0, 132])),
+        src,
+        draw(ports),
+        dst,
+        draw(ports),
+        False,
+    )
+    names = draw(st.dictionaries(st.sampled_from([src, dst]), TEXT, max_size=2))
+    wl = Workload(draw(TEXT), draw(TEXT), draw(TEXT), draw(TEXT))
+    latency = draw(st.one_of(st.none(), st.integers(0, 10**15)))
+    unanswered = latency is not None and draw(st.booleans())
+    return DnsPacket(pm, msg), Enr(names, wl), latency, unanswered  # type: ignore[arg-type]
+
+
+SELECTIONS = [None, ",".join(DEFAULT_FIELDS), ",".join(FIELDS), "name,src,latency_ns,addresses,id"]
+
+
+FILTER_EXPRS = [
+    "qr==R",
+    "qr!=Q",
+    "qtype==A",
+    "qtype==AAAA",
+    "qtype!=A",
+    "qtype~^A",
+    "rcode==NOERROR",
+    "rcode==NameError",
+    "rcode==",
+    "rcode~^NX|SERV",
+    "id==00ff",
+    "id~^0",
+    "pkt_type==OUTGOING",
+    "transport==udp",
+    "latency_ns>5ms",
+    "latency_ns_raw<=1000",
+    "latency_ns_raw==",
+    "ttl>=300",
+    "rcode_raw>0",
+    "qtype_raw==28",
+    "unanswered==true",
+    "tc==false",
+    "name~\\.",
+    "src~:5",
+    "addresses!=",
+    "k8s.podname==",
+    "qr==R,rcode!=NOERROR",
+]
+
+
+_SURROGATE = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+
+
+# lone surrogates included: json.dumps passes them through (ensure_ascii=False), so must we
+@given(st.text(st.one_of(_NASTY, st.characters(), _SURROGATE)))
+def test_json_strings_are_what_json_dumps_writes(s: str) -> None:
+    from exporter.output.table import _json_list
+
+    line = JsonFormatter(parse_fields("name")).format(_named(s))
+    assert line == json.dumps({"name": s}, ensure_ascii=False, separators=(",", ":"))
+    assert json.loads(line) == {"name": s}
+    assert _json_list([s, s]) == json.dumps([s, s], ensure_ascii=False, separators=(",", ":"))
+
+
+def _named(name: str) -> Row:
+    from tests.fixtures.output.cases import msg, pkt
+
+    return build_row(pkt(msg(qr=False, name=name)), ENRICH)
+
+
+def test_code_names_are_plain_text() -> None:
+    """Fields marked ``plain`` skip escaping: every name they can show must need none."""
+    from json.encoder import encode_basestring
+
+    from exporter.dns.codes import RCODE_NAMES, TYPE_NAMES
+    from exporter.records import PKT_TYPE_NAMES, TRANSPORT_NAMES
+
+    for table in (TYPE_NAMES, RCODE_NAMES, PKT_TYPE_NAMES, TRANSPORT_NAMES):
+        for v in table.values():
+            assert v.isprintable() and encode_basestring(v) == f'"{v}"', v
+    assert {f.name for f in FIELDS.values() if f.plain} >= {"qtype", "rcode", "pkt_type", "transport", "id"}
+    assert not any(FIELDS[n].plain for n in ("name", "src", "dst", "k8s.podname", "addresses", "src.addr"))
+
+
+@given(st.integers(-(10**19), 10**20))
+def test_timestamp_matches_strftime(ts: int) -> None:
+    secs, frac = divmod(ts, SEC)
+    try:
+        want = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+    except (OverflowError, OSError, ValueError):
+        return
+    assert format_timestamp(ts) == want
+    assert format_timestamp(ts) == want  # from the cache this time
+
+
+def test_timestamp_cache_stays_small() -> None:
+    from exporter.output import fields
+
+    for s in range(1000):
+        assert format_timestamp(T0 + s * SEC + 7).endswith(".137120007Z")
+    assert len(fields._ts_prefixes) <= fields._TS_CACHE_MAX
+
+
+class CountingEnricher(K8sEnricher):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def endpoint(self, addr: str, port: int) -> str:
+        self.calls.append("endpoint")
+        return super().endpoint(addr, port)
+
+    def workload(self, netns: int) -> Workload:
+        self.calls.append("workload")
+        return super().workload(netns)
+
+
+def test_rows_compute_only_what_is_read() -> None:
+    enr = CountingEnricher()
+    row = build_row(response_pkt(addresses=ADDRS), enr, latency_ns=5)
+    assert enr.calls == []
+    assert JsonFormatter(parse_fields("name,qr,latency_ns")).format(row).startswith('{"name":')
+    assert enr.calls == []  # no endpoint, no workload
+    assert (row.src, row.src, row.nameserver) == ("s/kube-system/kube-dns:53",) * 3
+    assert row.workload.pod == row.workload.pod == "mypod"
+    assert enr.calls == ["endpoint", "workload"]  # once each, however often read
+    JsonFormatter().format(row)
+    assert enr.calls == ["endpoint", "workload", "endpoint"]  # dst, for the first time
+
+
+def test_filtered_out_rows_are_never_formatted() -> None:
+    enr = CountingEnricher()
+    sink = make_trace_sink(io.StringIO(), fmt="json", filters=["qr==R"], enricher=enr)
+    sink.on_query(query_pkt(), ROLE_CLIENT, False)
+    assert enr.calls == [] and sink.rows_filtered == 1
+
+
+# -- flushing: every line on a terminal; held up to 100 ms on a pipe once the loop flushes idle --
+
+
+class Tty(CountingStream):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_terminal_flushes_every_line_even_after_idle_flushes() -> None:
+    out = Tty()
+    sink = make_trace_sink(out, fmt="json", enricher=ENRICH)
+    sink.flush_pending()
+    drive(sink)
+    assert out.flushes == 5
+
+
+def test_pipe_flushes_every_line_until_the_loop_flushes_idle() -> None:
+    out = CountingStream()
+    sink = make_trace_sink(out, fmt="json", enricher=ENRICH)
+    drive(sink)
+    assert out.flushes == 5  # nobody promised to flush it later: every line, as before
+
+
+def test_pipe_holds_rows_at_most_the_hold_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.output import sink as sink_mod
+
+    now = [100.0]
+    monkeypatch.setattr(sink_mod, "_monotonic", lambda: now[0])
+    out = CountingStream()
+    sink = make_trace_sink(out, fmt="json", enricher=ENRICH)
+    sink.flush_pending()  # the capture loop's idle hook: arms holding
+    assert out.flushes == 0  # nothing held, nothing flushed
+    drive(sink)
+    assert out.flushes == 0 and len(out.getvalue().splitlines()) == 5  # written, not flushed yet
+    sink.flush_pending()
+    assert out.flushes == 0  # rows came since the last poll: busy, hold on
+    sink.flush_pending()
+    assert out.flushes == 1  # a poll with no new row: idle, flush
+    sink.flush_pending()
+    assert out.flushes == 1  # nothing held
+    sink.on_query(query_pkt(), ROLE_CLIENT, False)
+    now[0] += sink_mod.FLUSH_HOLD_S * 1.01
+    sink.flush_pending()
+    assert out.flushes == 2  # still busy, but the row waited long enough
+    sink.on_query(query_pkt(), ROLE_CLIENT, False)
+    now[0] += sink_mod.FLUSH_HOLD_S * 1.01  # a busy trace: the row 100 ms after the last flush flushes
+    sink.on_query(query_pkt(), ROLE_CLIENT, False)
+    assert out.flushes == 3
+    sink.on_query(query_pkt(), ROLE_CLIENT, False)
+    sink.close()
+    assert out.flushes == 4
+    sink.close()
+    assert out.flushes == 4
+
+
+def test_flush_false_leaves_it_to_the_stream() -> None:
+    out = CountingStream()
+    sink = TraceSink(out, parse_fields("id"), enricher=ENRICH, flush=False)
+    drive(sink)
+    sink.flush_pending()
+    sink.flush_pending()
+    assert out.flushes == 0 and len(out.getvalue().splitlines()) == 6
