@@ -2,8 +2,12 @@
 
 Everything that reads wire bytes lives in this module: the two reading primitives
 (``_read_name`` for domain names, the precompiled ``struct.Struct`` objects for fixed
-fields, used only from ``decode``) are the decoder's cursor. No other module indexes
-DNS wire bytes.
+fields, used only from ``decode`` and ``_build_answer_section``) are the decoder's cursor.
+No other module indexes DNS wire bytes.
+
+``decode`` validates the whole message and fills the header, question and EDNS fields;
+the answer-section fields are built on their first access (``Message``), most messages
+being only counted, from the bytes and the name memo ``decode`` keeps with the Message.
 
 What is checked, and the ``DecodeError.reason`` each failure maps to:
 
@@ -50,7 +54,8 @@ import re
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Final
+from operator import attrgetter
+from typing import Any, Final
 
 __all__ = ["DECODE_REASONS", "Answer", "DecodeError", "Message", "Question", "decode"]
 
@@ -96,8 +101,53 @@ class Answer:
     data: str  # A/AAAA (class IN): address text (inet_ntop form); CNAME: target FQDN; others: ""
 
 
-@dataclass(slots=True)
+_MESSAGE_SLOTS: Final = (
+    "id",
+    "qr",
+    "opcode",
+    "aa",
+    "tc",
+    "rd",
+    "ra",
+    "ad",
+    "cd",
+    "rcode",
+    "qdcount",
+    "ancount",
+    "nscount",
+    "arcount",
+    "question",
+    "_answers",
+    "_addresses",
+    "_cnames",
+    "_min_ttl",
+    "edns_udp_size",
+    "edns_do",
+    "_wire",
+    "_an_pos",
+    "_an_memo",
+)
+
+
+@dataclass
 class Message:
+    """One decoded message.
+
+    A Message returned by ``decode`` builds ``answers``, ``addresses``, ``cnames`` and
+    ``min_ttl`` on the first access to any of them: ``decode`` has already validated the
+    whole message, so building them cannot fail, and most messages are only counted,
+    never rendered. Reading, setting, comparing, printing, copying or pickling a Message
+    behaves exactly as if ``decode`` had filled every field.
+    """
+
+    # Declared by hand (not ``slots=True``): the four answer-section fields are properties
+    # (set on the class below) over ``_answers`` .. ``_min_ttl``; ``_wire`` is the message's
+    # bytes until they are built (None after, or when the constructor filled them);
+    # ``_an_pos`` and ``_an_memo`` are where the answer section starts and the name memo
+    # ``decode`` left. No field has a default, so the slots clash with nothing. (A name,
+    # not a literal, so that mypy does not hide the four fields behind the slot names.)
+    __slots__ = _MESSAGE_SLOTS
+
     id: int
     qr: bool
     opcode: int
@@ -119,6 +169,31 @@ class Message:
     min_ttl: int | None  # smallest TTL in the answer section; None when it is empty
     edns_udp_size: int | None  # the OPT RR's class field; None without OPT
     edns_do: bool  # DO bit of the OPT RR
+
+    def __post_init__(self) -> None:
+        self._wire: bytes | None = None
+
+
+def _lazy_field(slot: str) -> property:
+    read = attrgetter(slot)
+
+    def get(m: Message) -> object:
+        if m._wire is not None:
+            _build_answer_section(m)
+        return read(m)
+
+    def set_(m: Message, value: object) -> None:
+        # _wire is unset while the constructor runs (it is set in __post_init__).
+        if getattr(m, "_wire", None) is not None:
+            _build_answer_section(m)  # the other three stay as decode would have filled them
+        setattr(m, slot, value)
+
+    return property(get, set_)
+
+
+for _field in ("answers", "addresses", "cnames", "min_ttl"):
+    setattr(Message, _field, _lazy_field("_" + _field))
+del _field
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +276,7 @@ def _read_name(buf: bytes, pos: int, end: int, memo: _Memo, short: str) -> tuple
         return text, p
     if c >= 192 and p + 1 < end:
         target = ((c & 0x3F) << 8) | buf[p + 1]
-        known = memo.get(target)
+        known = memo.get(target) or _suffix_entry(buf, target, memo)
         if known is not None and target < pos and known[1] <= pos and known[3] < _MAX_HOPS:
             length = p - pos + known[2]
             if length <= 255:
@@ -214,6 +289,33 @@ def _read_name(buf: bytes, pos: int, end: int, memo: _Memo, short: str) -> tuple
                 memo[pos] = (text, p, length, known[3] + 1)
                 return text, p
     return _read_name_slow(buf, pos, end, memo, short)
+
+
+_SUFFIX_SCAN_MAX: Final = 8  # memo entries _suffix_entry looks through (keeps it O(1))
+
+
+def _suffix_entry(buf: bytes, target: int, memo: _Memo) -> tuple[str, int, int, int] | None:
+    """The memo entry for ``target`` when it is a label inside a memoised name with no pointer.
+
+    That is where a pointer into the middle of a name points (an SOA owner in an NXDOMAIN
+    response pointing into the question, a CNAME target sharing a suffix with the previous
+    one). A memo entry with no pointer hop covers a chain of labels from its offset to the
+    root byte before its end, so any label start in that chain begins a run of labels
+    ending in that root: the entry ``_read_name_slow`` would memoise for ``target``,
+    computed without its general walk. None when the memo is too big to look through, or
+    no such chain has ``target`` as a label start.
+    """
+    if len(memo) > _SUFFIX_SCAN_MAX:
+        return None
+    for start, (_, run_end, _, hops) in memo.items():
+        if hops == 0 and start < target < run_end - 1:
+            p = start
+            while p < target:
+                p += buf[p] + 1
+            if p == target:
+                entry = memo[target] = (_run_text(buf[target : run_end - 1]), run_end, run_end - target, 0)
+                return entry
+    return None
 
 
 def _read_name_slow(buf: bytes, pos: int, end: int, memo: _Memo, short: str) -> tuple[str, int]:
@@ -332,6 +434,15 @@ def _aaaa_text(raw: bytes) -> str:
     return text
 
 
+_new_message: Final = object.__new__
+
+# (aa, tc, rd, ra, ad, cd) by header flag bits 4-10.
+_FLAG_BITS: Final[tuple[tuple[bool, bool, bool, bool, bool, bool], ...]] = tuple(
+    (bool(b & 0x40), bool(b & 0x20), bool(b & 0x10), bool(b & 0x08), bool(b & 0x02), bool(b & 0x01))
+    for b in range(128)
+)
+
+
 def decode(buf: bytes, *, partial: bool = False) -> Message:
     """Decode one DNS message; raise ``DecodeError`` (and nothing else) when it is malformed.
 
@@ -340,7 +451,12 @@ def decode(buf: bytes, *, partial: bool = False) -> Message:
     holds the RRs before it (``answers``, ``addresses``, ``cnames``, ``min_ttl`` and the
     EDNS fields describe only what was captured; the counts stay the header's). The
     header and the question must still be complete.
+
+    Every RR is validated here; the answer-section fields (``answers``, ``addresses``,
+    ``cnames``, ``min_ttl``) are built on their first access (see ``Message``).
     """
+    if type(buf) is not bytes:
+        buf = bytes(buf)  # the lazy fields read it later: it must not change
     n = len(buf)
     if n < 12:
         raise DecodeError("short_header")
@@ -348,23 +464,33 @@ def decode(buf: bytes, *, partial: bool = False) -> Message:
     memo: _Memo = {}
     pos = 12
     question: Question | None = None
-    for _ in range(qdcount):
-        qname, pos = _read_name(buf, pos, n, memo, "short_question")
+    if qdcount:
+        # The first question's name, when it is a run of labels already seen (in any
+        # message): the bytes up to the first zero byte are a key of _RUN_TEXT only if they
+        # are a complete chain of labels (1-63 octets each, 254 octets at most), and then
+        # reading the name from offset 12 follows that very chain and ends on that zero
+        # byte, the root: the same text, end and memo entry as _read_name's.
+        end = buf.find(0, 12)
+        qname = _RUN_TEXT.get(buf[12:end]) if end > 12 else None
+        if qname is not None:
+            pos = end + 1
+            memo[12] = (qname, pos, pos - 12, 0)
+        else:
+            qname, pos = _read_name(buf, 12, n, memo, "short_question")
         if pos + 4 > n:
             raise DecodeError("short_question")
         qtype, qclass = _QTAIL.unpack_from(buf, pos)
         pos += 4
-        if question is None:
-            question = Question(qname, qtype, qclass)
+        question = Question(qname, qtype, qclass)
+        for _ in range(qdcount - 1):
+            pos = _read_name(buf, pos, n, memo, "short_question")[1] + 4
+            if pos > n:
+                raise DecodeError("short_question")
+    an_pos = pos  # where the lazy fields start reading
 
-    answers: list[Answer] = []
-    addresses: list[str] = []
-    cnames: list[str] = []
-    min_ttl: int | None = None
     rcode = flags & 0xF
     edns_udp_size: int | None = None
     edns_do = False
-    an_end = ancount
     ar_start = ancount + nscount
     total = ar_start + arcount
     try:
@@ -393,29 +519,15 @@ def decode(buf: bytes, *, partial: bool = False) -> Message:
             pos = rdata + rdlength
             if pos > n:
                 raise DecodeError("short_rr")
-            data = ""
             if rtype == 1:
-                if rclass == 1:
-                    if rdlength != 4:
-                        raise DecodeError("bad_rdlength")
-                    if i < an_end:
-                        raw = buf[rdata:pos]
-                        data = _A_TEXT.get(raw) or _a_text(raw)
-                        addresses.append(data)
-            elif rtype == 28:
-                if rclass == 1:
-                    if rdlength != 16:
-                        raise DecodeError("bad_rdlength")
-                    if i < an_end:
-                        raw = buf[rdata:pos]
-                        data = _AAAA_TEXT.get(raw) or _aaaa_text(raw)
-                        addresses.append(data)
-            elif rtype == 5:
-                data, after = _read_name(buf, rdata, pos, memo, "bad_rdlength")
-                if after != pos:
+                if rdlength != 4 and rclass == 1:
                     raise DecodeError("bad_rdlength")
-                if i < an_end:
-                    cnames.append(data)
+            elif rtype == 28:
+                if rdlength != 16 and rclass == 1:
+                    raise DecodeError("bad_rdlength")
+            elif rtype == 5:
+                if _read_name(buf, rdata, pos, memo, "bad_rdlength")[1] != pos:
+                    raise DecodeError("bad_rdlength")
             elif rtype == 41:
                 if i < ar_start or edns_udp_size is not None or name != ".":
                     raise DecodeError("bad_opt")
@@ -429,39 +541,106 @@ def decode(buf: bytes, *, partial: bool = False) -> Message:
                 edns_udp_size = rclass
                 edns_do = bool(ttl & 0x8000)
                 rcode |= (ttl >> 24) << 4
-                continue
             elif rtype == 250 and (i != total - 1 or i < ar_start or rclass != 255):
                 raise DecodeError("bad_tsig")
-            if i < an_end:
-                if ttl > 0x7FFFFFFF:
-                    ttl = 0
-                if min_ttl is None or ttl < min_ttl:
-                    min_ttl = ttl
-                answers.append(Answer(name, rtype, rclass, ttl, data))
     except DecodeError as exc:
         if not partial or exc.reason != "short_rr":
             raise
 
-    return Message(
-        ident,
-        flags >> 15 == 1,
-        (flags >> 11) & 0xF,
-        bool(flags & 0x0400),
-        bool(flags & 0x0200),
-        bool(flags & 0x0100),
-        bool(flags & 0x0080),
-        bool(flags & 0x0020),
-        bool(flags & 0x0010),
-        rcode,
-        qdcount,
-        ancount,
-        nscount,
-        arcount,
-        question,
-        answers,
-        addresses,
-        cnames,
-        min_ttl,
-        edns_udp_size,
-        edns_do,
-    )
+    m = _new_message(Message)
+    m.id = ident
+    m.qr = flags >= 0x8000
+    m.opcode = (flags >> 11) & 0xF
+    m.aa, m.tc, m.rd, m.ra, m.ad, m.cd = _FLAG_BITS[(flags >> 4) & 0x7F]
+    m.rcode = rcode
+    m.qdcount = qdcount
+    m.ancount = ancount
+    m.nscount = nscount
+    m.arcount = arcount
+    m.question = question
+    m.edns_udp_size = edns_udp_size
+    m.edns_do = edns_do
+    lazy: Any = m  # the private slots, not declared to mypy
+    if ancount:
+        lazy._wire = buf
+        lazy._an_pos = an_pos
+        lazy._an_memo = memo
+    else:
+        lazy._wire = None
+        lazy._answers = []
+        lazy._addresses = []
+        lazy._cnames = []
+        lazy._min_ttl = None
+    return m
+
+
+def _build_answer_section(m: Any) -> None:
+    """Fill ``answers``, ``addresses``, ``cnames`` and ``min_ttl`` of a Message from ``decode``.
+
+    Walks the answer section again, taking every name from the memo ``decode`` left:
+    ``_read_name`` stores what it returns under the offset it read from and the memo never
+    overwrites an entry, so the owner and CNAME names are those ``decode`` read, with no
+    name decoding here. It cannot fail: ``decode`` validated these bytes; the one RR it
+    may stop at is the one ``decode(partial=True)`` stopped at, which ends the list here as
+    it did there (its checks are repeated in the same order).
+    """
+    buf = m._wire
+    assert buf is not None
+    pos: int = m._an_pos
+    memo: _Memo = m._an_memo
+    answers: list[Answer] = []
+    addresses: list[str] = []
+    cnames: list[str] = []
+    min_ttl: int | None = None
+    n = len(buf)
+    try:
+        for _ in range(m.ancount):
+            if pos >= n:
+                break
+            # The owner: a pointer to a memoised name (decode accepted it, so it followed the
+            # pointer inline or read that very name), the root, or a name read by _read_name
+            # (memoised at its offset); else the owner a partial decode stopped at.
+            c = buf[pos]
+            if c >= 0xC0 and pos + 1 < n and (known := memo.get(((c & 0x3F) << 8) | buf[pos + 1])):
+                name = known[0]
+                pos += 2
+            elif c == 0:
+                name = "."
+                pos += 1
+            elif known := memo.get(pos):
+                name, pos = known[0], known[1]
+            else:
+                name, pos = _read_name(buf, pos, n, memo, "short_rr")
+            rdata = pos + 10
+            if rdata > n:
+                break
+            rtype, rclass, ttl, rdlength = _RRHDR.unpack_from(buf, pos)
+            pos = rdata + rdlength
+            if pos > n:
+                break
+            data = ""
+            if rclass == 1 and rtype == 1:
+                raw = buf[rdata:pos]
+                data = _A_TEXT.get(raw) or _a_text(raw)
+                addresses.append(data)
+            elif rclass == 1 and rtype == 28:
+                raw = buf[rdata:pos]
+                data = _AAAA_TEXT.get(raw) or _aaaa_text(raw)
+                addresses.append(data)
+            elif rtype == 5:
+                known = memo.get(rdata)
+                data = known[0] if known is not None else _read_name(buf, rdata, pos, memo, "bad_rdlength")[0]
+                cnames.append(data)
+            if ttl > 0x7FFFFFFF:
+                ttl = 0
+            if min_ttl is None or ttl < min_ttl:
+                min_ttl = ttl
+            answers.append(Answer(name, rtype, rclass, ttl, data))
+    except DecodeError:
+        pass  # unreachable (see above): never raise from a field access
+    m._answers = answers
+    m._addresses = addresses
+    m._cnames = cnames
+    m._min_ttl = min_ttl
+    m._wire = None
+    del m._an_pos, m._an_memo
