@@ -15,42 +15,26 @@ Needs no root: only the Prometheus binary and loopback.
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
-import dns.message
 import dns.rcode
-import dns.rrset
 import pytest
 import yaml
 
-from exporter.dns import decode
 from exporter.enrich import Workload, raw_endpoint
-from exporter.records import (
-    IPPROTO_UDP,
-    PACKET_HOST,
-    PACKET_OUTGOING,
-    ROLE_CLIENT,
-    DnsPacket,
-    Exchange,
-    PacketMeta,
-)
+from exporter.records import PACKET_HOST, ROLE_CLIENT
 from exporter.telemetry import semconv as sc
 from exporter.telemetry.sink import TelemetrySink
 from grafana import build
-from tests.conftest import require_tool
+from tests import dnsmsg
+from tests.dashboards import substitute, targets
+from tests.prometheus import Prometheus
 
 pytestmark = pytest.mark.lab
 
-PROMETHEUS = "/usr/bin/prometheus"
 NODE = "lab-node"
 CLUSTER = "lab"
 POD_NETNS, RESOLVER_NETNS = 4026532101, 4026532102
@@ -103,23 +87,24 @@ class Feeder:
         self, netns: int, client: str, server: str, name: str, rcode: dns.rcode.Rcode, answered: bool
     ) -> None:
         self.qid = (self.qid + 1) & 0xFFFF
-        q = dns.message.make_query(name, "A")
-        q.id = self.qid
-        now = time.time_ns()
-        port = 30000 + self.qid % 30000
-        qmeta = PacketMeta(
-            now - 3_000_000, netns, 2, PACKET_OUTGOING, IPPROTO_UDP, client, port, server, 53, False
+        q = dnsmsg.query(name, "A", self.qid)
+        r = None
+        if answered:
+            r = dnsmsg.response(q, rcode, ("192.0.2.10",) if rcode == dns.rcode.NOERROR else (), ra=False)
+        ex = dnsmsg.exchange(
+            q,
+            r,
+            t0=time.time_ns() - 3_000_000,
+            latency_ns=3_000_000,
+            netns=netns,
+            client=(client, 30000 + self.qid % 30000),
+            server=(server, 53),
+            timeout_ns=5_000_000_000,
         )
-        query = DnsPacket(qmeta, decode(q.to_wire()))
-        if not answered:
-            self.sink.on_unanswered(Exchange(query, None, ROLE_CLIENT, timeout_ns=5_000_000_000))
-            return
-        r = dns.message.make_response(q)
-        r.set_rcode(rcode)
-        if rcode == dns.rcode.NOERROR:
-            r.answer.append(dns.rrset.from_text(name, 30, "IN", "A", "192.0.2.10"))
-        rmeta = PacketMeta(now, netns, 2, PACKET_HOST, IPPROTO_UDP, server, 53, client, port, False)
-        self.sink.on_response(Exchange(query, DnsPacket(rmeta, decode(r.to_wire())), ROLE_CLIENT))
+        if answered:
+            self.sink.on_response(ex)
+        else:
+            self.sink.on_unanswered(ex)
 
     def round(self) -> None:
         for _ in range(POD_NOERROR):
@@ -140,140 +125,56 @@ class Feeder:
 
     def late_response(self) -> None:
         """A response after its query timed out: counted in dns.responses.unmatched."""
-        r = dns.message.make_response(dns.message.make_query("slow.example.", "A"))
-        meta = PacketMeta(
-            time.time_ns(),
-            RESOLVER_NETNS,
-            2,
-            PACKET_HOST,
-            IPPROTO_UDP,
-            UPSTREAM_IP,
-            53,
-            RESOLVER_IP,
-            31000,
-            False,
-        )
-        self.sink.on_unmatched(DnsPacket(meta, decode(r.to_wire())), ROLE_CLIENT)
+        r = dnsmsg.response(dnsmsg.query("slow.example.", "A"), ra=False)
+        m = dnsmsg.meta(time.time_ns(), RESOLVER_NETNS, PACKET_HOST, (UPSTREAM_IP, 53), (RESOLVER_IP, 31000))
+        self.sink.on_unmatched(dnsmsg.packet(m, r), ROLE_CLIENT)
 
     def run(self) -> None:
         while not self.stop.wait(0.1):
             self.round()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
-@dataclass
-class Prom:
-    url: str
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        body = get(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-
 @pytest.fixture(scope="module")
-def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
-    require_tool(PROMETHEUS)
+def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     tmp = tmp_path_factory.mktemp("prometheus")
-    sink = TelemetrySink(LabEnricher(), node=NODE, prometheus_port=0, prometheus_addr="127.0.0.1")
-    stop = threading.Event()
-    feeder = threading.Thread(target=Feeder(sink, stop).run, daemon=True)
-    feeder.start()
-    port = free_port()
     rules = yaml.safe_load(build.RULES_FILE.read_text())
     for group in rules["groups"]:
         group["interval"] = "1s"  # evaluate now, not once a minute
     (tmp / "dnsotel.rules.yaml").write_text(yaml.safe_dump(rules))
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": ["dnsotel.rules.yaml"],
-        "scrape_configs": [
-            {
-                "job_name": "dnsotel",
-                # /metrics carries no resource attributes; the collector's
-                # resource_to_telemetry_conversion adds k8s_node_name in production.
-                "static_configs": [
-                    {
-                        "targets": [f"127.0.0.1:{sink.prometheus_port}"],
-                        "labels": {sc.prometheus_label(sc.K8S_NODE_NAME): NODE, "cluster": CLUSTER},
-                    }
-                ],
-            }
-        ],
-    }
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = (tmp / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [
-            PROMETHEUS,
-            "--config.file=prometheus.yml",
-            f"--storage.tsdb.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        cwd=tmp,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    p = Prom(f"http://127.0.0.1:{port}")
+    sink = TelemetrySink(LabEnricher(), node=NODE, prometheus_port=0, prometheus_addr="127.0.0.1")
+    stop = threading.Event()
+    feeder = threading.Thread(target=Feeder(sink, stop).run, daemon=True)
+    feeder.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:  # ready, and at least 15 s of scrapes (two $__rate_interval windows)
-            try:
-                up = p.query('count_over_time(up{job="dnsotel"}[1m]) >= 15 and up{job="dnsotel"} == 1')
-                if up:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp / "prometheus.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, (tmp / "prometheus.log").read_text()[-2000:]
-            time.sleep(1)
-        yield p
+        with Prometheus(
+            tmp,
+            [f"127.0.0.1:{sink.prometheus_port}"],
+            # /metrics carries no resource attributes; the collector's
+            # resource_to_telemetry_conversion adds k8s_node_name in production.
+            labels={sc.prometheus_label(sc.K8S_NODE_NAME): NODE, "cluster": CLUSTER},
+            rule_files=[tmp / "dnsotel.rules.yaml"],
+        ) as p:
+            # ready, and at least 15 s of scrapes (two $__rate_interval windows)
+            p.wait_for('count_over_time(up{job="dnsotel"}[1m]) >= 15 and up{job="dnsotel"} == 1', interval=1)
+            yield p
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
         stop.set()
         feeder.join(5)
         sink.shutdown()
 
 
-def substitute(expr: str) -> str:
-    for var in sorted(VARIABLES, key=len, reverse=True):
-        expr = expr.replace(var, VARIABLES[var])
-    return expr
-
-
 def panel_queries() -> dict[tuple[str, str, str], str]:
-    out: dict[tuple[str, str, str], str] = {}
-    for path in sorted(build.DASHBOARD_DIR.glob("*.json")):
-        model = json.loads(path.read_text())
-        for panel in model["panels"]:
-            for target in panel.get("targets", []):
-                if target.get("datasource", {}).get("type") == "prometheus":
-                    out[(model["uid"], panel["title"], target["refId"])] = substitute(target["expr"])
-    return out
+    return {
+        (model["uid"], panel["title"], target["refId"]): substitute(target["expr"], VARIABLES)
+        for _, model, panel, target in targets("prometheus")
+    }
 
 
 def find(uid: str, title: str, ref: str = "A") -> str:
     return panel_queries()[(uid, title, ref)]
 
 
-def test_every_panel_query_evaluates(prom: Prom) -> None:
+def test_every_panel_query_evaluates(prom: Prometheus) -> None:
     queries = panel_queries()
     empty = [key for key, expr in queries.items() if not prom.query(expr)]
     # With traffic of every kind flowing, only panels about failure modes the feed does not
@@ -281,7 +182,7 @@ def test_every_panel_query_evaluates(prom: Prom) -> None:
     assert not empty, f"panels without data: {empty}"
 
 
-def test_failed_responses_panel_shows_nxdomain(prom: Prom) -> None:
+def test_failed_responses_panel_shows_nxdomain(prom: Prometheus) -> None:
     result = prom.query(find(build.UID_FAILED, "Failed responses by response code"))
     by_code = {r["metric"].get(build.RCODE): float(r["value"][1]) for r in result}
     assert by_code.get("NXDOMAIN", 0) > 0, by_code
@@ -292,7 +193,7 @@ def test_failed_responses_panel_shows_nxdomain(prom: Prom) -> None:
     assert ("web-1", "NXDOMAIN") in rows and ("coredns-0", "SERVFAIL") in rows, rows
 
 
-def test_upstream_panels_show_error_and_unanswered_ratio(prom: Prom) -> None:
+def test_upstream_panels_show_error_and_unanswered_ratio(prom: Prometheus) -> None:
     errors = prom.query(find(build.UID_UPSTREAM, "Error ratio per nameserver"))
     ratios = {r["metric"][build.NAMESERVER]: float(r["value"][1]) for r in errors}
     assert set(ratios) == {UPSTREAM}, ratios  # the pod's queries to kube-dns are not upstream traffic
@@ -303,10 +204,10 @@ def test_upstream_panels_show_error_and_unanswered_ratio(prom: Prom) -> None:
     assert un[UPSTREAM] == pytest.approx(expected, abs=0.03), un
 
 
-def test_overview_latency_and_alert_rules_load(prom: Prom) -> None:
+def test_overview_latency_and_alert_rules_load(prom: Prometheus) -> None:
     p99 = prom.query(find(build.UID_OVERVIEW, "Latency percentiles", "C"))
     assert len(p99) == 1 and 0.001 <= float(p99[0]["value"][1]) <= 0.005, p99  # every latency is 3 ms
-    rules = get(f"{prom.url}/api/v1/rules")["data"]["groups"]
+    rules = prom.api("rules")["data"]["groups"]
     states = {r["name"]: r["state"] for g in rules for r in g["rules"]}
     assert set(states) == {a.name for a in build.alerts()}
     assert all(r.get("health") == "ok" for g in rules for r in g["rules"]), rules

@@ -21,8 +21,9 @@ from exporter.enrich import Workload
 from exporter.k8s import start_enricher
 from exporter.k8s.index import PODS
 from tests.k8s_fake_api import FakeApiServer, pod, service
-from tests.lab.k8s_cgroups import PodCgroups, pod_cgroups, wait_until
+from tests.lab.k8s_cgroups import PodCgroups, pod_cgroups
 from tests.lab.lab import Dnsmasq, Lab
+from tests.wait import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -94,8 +95,8 @@ def test_enricher_on_the_lab(lab: Lab, dnsmasq: Dnsmasq, cgroups: PodCgroups) ->
             want_client = Workload(NODE, "default", "client-7d9f", "app")
             want_dns = Workload(NODE, "kube-system", "coredns-5d78c-abcde", "coredns")
             enricher.workload(client_ns)  # first sight: answered at once, looked up in the background
-            wait_until(lambda: enricher.workload(client_ns) == want_client, what="client netns -> pod")
-            wait_until(lambda: enricher.workload(resolver_ns) == want_dns, what="resolver netns -> pod")
+            wait_for(lambda: enricher.workload(client_ns) == want_client, 15, "client netns -> pod")
+            wait_for(lambda: enricher.workload(resolver_ns) == want_dns, 15, "resolver netns -> pod")
             assert enricher.workload(upstream_ns) == Workload(NODE)  # a netns of no pod
             try:
                 host_ns = int(os.readlink("/proc/1/ns/net")[5:-1])
@@ -124,13 +125,13 @@ def test_enricher_on_the_lab(lab: Lab, dnsmasq: Dnsmasq, cgroups: PodCgroups) ->
             # a lookup that waited on the API would take its client timeout (seconds); a dict read
             # takes microseconds: 1 s tells them apart even on a loaded 2-core machine
             assert worst < 1.0, f"a lookup took {worst * 1000:.1f} ms with the API down"
-            wait_until(lambda: enricher.endpoint(dnsmasq.v4, 53) == f"r/{dnsmasq.v4}:53", what="degraded")
-            wait_until(lambda: enricher.workload(client_ns) == Workload(NODE), what="workload degraded")
+            wait_for(lambda: enricher.endpoint(dnsmasq.v4, 53) == f"r/{dnsmasq.v4}:53", 15, "degraded")
+            wait_for(lambda: enricher.workload(client_ns) == Workload(NODE), 15, "workload degraded")
 
             # the API is back: names return
             api.start()
-            wait_until(lambda: enricher.endpoint(dnsmasq.v4, 53) == "s/kube-system/kube-dns:53", what="back")
-            wait_until(lambda: enricher.workload(client_ns) == want_client, what="workload back")
+            wait_for(lambda: enricher.endpoint(dnsmasq.v4, 53) == "s/kube-system/kube-dns:53", 15, "back")
+            wait_for(lambda: enricher.workload(client_ns) == want_client, 15, "workload back")
             assert enricher.scan_seconds < 1.0
         finally:
             enricher.stop()

@@ -16,6 +16,7 @@ import pytest
 from tests.lab.conftest import require_lab
 from tests.lab.lab import ETC_NETNS, REPO_ROOT, Dnsmasq, Lab, Resolver, Unbound
 from tests.lab.upstream import CNAME_TARGET, addresses_for, many_addresses
+from tests.wait import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -172,7 +173,7 @@ def test_tcp_pipelined_responses_share_one_segment(lab: Lab) -> None:
         tag="tcpdump",
     )
     try:
-        _wait_for(lambda: "listening on" in cap.output(), 10, cap.output)
+        wait_for(lambda: "listening on" in cap.output(), 10, cap.output, 0.05)
         rows = lab.query(
             "resolver",
             "--pipeline",
@@ -364,7 +365,7 @@ def test_teardown_removes_everything() -> None:
         names = [ns.name for ns in lab.namespaces.values()]
         assert len(names) == 4
         # (between fork and exec a child's cmdline is still the parent's: allow a moment)
-        _wait_for(lambda: all(_pid_alive(p, a) for p, a in pids), 5, lambda: f"not all running: {pids}")
+        wait_for(lambda: all(_pid_alive(p, a) for p, a in pids), 5, lambda: f"not all running: {pids}", 0.05)
         tmp = lab.tmp
         1 / 0  # noqa: B018 - the test failed: teardown must still happen
     assert not set(names) & _netns_names()
@@ -405,15 +406,6 @@ def test_teardown_when_interrupted(sig: signal.Signals) -> None:
             proc.wait()
     assert not any(n.startswith(prefix) for n in _netns_names())
     assert not _pid_alive(int(pid), "sleep")
-
-
-def _wait_for(cond: Any, timeout: float, msg: Any) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(msg())
 
 
 def test_unbound_control_socket(lab: Lab, unbound: Unbound) -> None:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from exporter.telemetry import semconv as sc
 from tests.conftest import require_tool
 from tests.lab.lab import UPSTREAM_V4, Dnsmasq, Lab
 from tests.otlp_receiver import OtlpHttpReceiver, OtlpReceiver, ReceivedSpan, attributes
+from tests.wait import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -153,15 +154,6 @@ def running(
         yield proc
     finally:
         proc.kill()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: Callable[[], str], step: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what()}")
 
 
 def wait_attached(proc: Dnsotel, rx: Receiver, n: int) -> None:

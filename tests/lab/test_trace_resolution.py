@@ -34,8 +34,9 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from exporter.telemetry import semconv as sc
 from tests.lab.lab import RESOLVER_UP_V4, UPSTREAM_V4, Client, Dnsmasq, Lab, Unbound
-from tests.lab.test_run_otlp import Dnsotel, otlp_env, running, wait_for
+from tests.lab.test_run_otlp import Dnsotel, otlp_env, running
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.wait import wait_for
 
 pytestmark = pytest.mark.lab
 

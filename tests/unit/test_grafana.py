@@ -9,19 +9,18 @@ and intrinsics are checked against semconv.span_attributes().
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from exporter.telemetry import semconv as sc
 from grafana import build
+from tests.dashboards import dashboards, panels, substitute, targets
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 needs_promtool = pytest.mark.skipif(not Path(PROMTOOL).exists(), reason="needs promtool (Debian prometheus)")
@@ -74,31 +73,12 @@ GRAFANA_VARIABLES = {
 }
 
 
-def substitute(expr: str) -> str:
-    for var in sorted(GRAFANA_VARIABLES, key=len, reverse=True):
-        expr = expr.replace(var, GRAFANA_VARIABLES[var])
-    assert "$" not in expr, f"unsubstituted Grafana variable in {expr!r}"
-    return expr
-
-
 # --- collecting the generated queries ----------------------------------------------------------
-def dashboards() -> dict[str, dict[str, Any]]:
-    return {path.name: json.loads(path.read_text()) for path in sorted(build.DASHBOARD_DIR.glob("*.json"))}
-
-
-def panels(model: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for panel in model.get("panels", []):
-        yield panel
-        yield from panel.get("panels", [])
-
-
 def promql_targets() -> Iterator[tuple[str, str]]:
     """(where, expression) of every Prometheus query in the dashboards, label_values() unwrapped."""
+    for name, _, panel, target in targets("prometheus"):
+        yield f"{name}: {panel['title']} {target['refId']}", target["expr"]
     for name, model in dashboards().items():
-        for panel in panels(model):
-            for target in panel.get("targets", []):
-                if target.get("datasource", {}).get("type") == "prometheus":
-                    yield f"{name}: {panel['title']} {target['refId']}", target["expr"]
         for var in model["templating"]["list"]:
             if var["type"] == "query":
                 query = var["query"]["query"]
@@ -109,11 +89,8 @@ def promql_targets() -> Iterator[tuple[str, str]]:
 
 
 def traceql_targets() -> Iterator[tuple[str, str]]:
-    for name, model in dashboards().items():
-        for panel in panels(model):
-            for target in panel.get("targets", []):
-                if target.get("datasource", {}).get("type") == "tempo":
-                    yield f"{name}: {panel['title']}", target["query"]
+    for name, _, panel, target in targets("tempo"):
+        yield f"{name}: {panel['title']}", target["query"]
 
 
 def rule_expressions() -> Iterator[tuple[str, str]]:
@@ -211,7 +188,7 @@ def test_datasource_uids_match_local_provisioning() -> None:
 
 @pytest.mark.parametrize(("where", "expr"), [*promql_targets(), *rule_expressions()])
 def test_promql_names_only_what_the_exporter_emits(where: str, expr: str) -> None:
-    metrics, labels, selectors = promql_names(substitute(expr))
+    metrics, labels, selectors = promql_names(substitute(expr, GRAFANA_VARIABLES))
     assert metrics or expr.startswith("vector("), f"{where}: no metric in {expr!r}"
     assert metrics <= set(SERIES), f"{where}: unknown metrics {sorted(metrics - set(SERIES))}"
     assert labels <= ALL_LABELS, f"{where}: unknown labels {sorted(labels - ALL_LABELS)}"
@@ -235,7 +212,11 @@ def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 @needs_promtool
 def test_every_dashboard_expression_parses(tmp_path: Path) -> None:
     rules = [
-        {"record": f"dnsotel:check:{i}", "expr": substitute(expr), "labels": {"where": where}}
+        {
+            "record": f"dnsotel:check:{i}",
+            "expr": substitute(expr, GRAFANA_VARIABLES),
+            "labels": {"where": where},
+        }
         for i, (where, expr) in enumerate(promql_targets())
     ]
     path = tmp_path / "dashboards.rules.yaml"

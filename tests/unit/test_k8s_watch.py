@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,15 +13,7 @@ from exporter.k8s import K8sConfigError, make_api, start_enricher
 from exporter.k8s.index import NODES, PODS, SERVICES, PodIndex
 from exporter.k8s.watch import ListWatcher
 from tests.k8s_fake_api import FakeApiServer, node, pod, service
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.wait import wait_for
 
 
 @pytest.fixture
@@ -50,21 +42,21 @@ def test_list_then_watch_added_modified_deleted(api: FakeApiServer) -> None:
     index = PodIndex("n1")
     w = watcher(api, PODS, index, field_selector="spec.nodeName=n1", page_size=1)
     try:
-        wait_until(lambda: index.synced[PODS], what="first list")
+        wait_for(lambda: index.synced[PODS], what="first list")
         assert index.endpoint("198.18.1.2", 38480) == "p/default/web:38480"
         assert index.endpoint("fd00:1::2", 53) == "p/default/web:53"
         assert index.endpoint("198.18.9.9", 53) == "r/198.18.9.9:53"  # another node's pod: not listed
-        wait_until(lambda: api.open_watches() == 1, what="watch open")
+        wait_for(lambda: api.open_watches() == 1, what="watch open")
         # ADDED
         api.add(PODS, pod("default", "db", ip="198.18.1.3", node="n1", uid="u-db"))
-        wait_until(lambda: index.endpoint("198.18.1.3", 5432) == "p/default/db:5432", what="ADDED")
+        wait_for(lambda: index.endpoint("198.18.1.3", 5432) == "p/default/db:5432", what="ADDED")
         # MODIFIED: the pod's IP changes (new sandbox): the old IP goes raw
         api.modify(PODS, pod("default", "db", ip="198.18.1.4", node="n1", uid="u-db"))
-        wait_until(lambda: index.endpoint("198.18.1.4", 1) == "p/default/db:1", what="MODIFIED")
+        wait_for(lambda: index.endpoint("198.18.1.4", 1) == "p/default/db:1", what="MODIFIED")
         assert index.endpoint("198.18.1.3", 1) == "r/198.18.1.3:1"
         # DELETED
         api.delete(PODS, pod("default", "web", ip=["198.18.1.2", "fd00:1::2"], node="n1", uid="u-web"))
-        wait_until(lambda: index.endpoint("198.18.1.2", 1) == "r/198.18.1.2:1", what="DELETED")
+        wait_for(lambda: index.endpoint("198.18.1.2", 1) == "r/198.18.1.2:1", what="DELETED")
         assert index.endpoint("fd00:1::2", 53) == "r/[fd00:1::2]:53"
         assert w.stats.lists == 1 and w.stats.events == 3
         assert w.resource_version == str(api.resource_version)
@@ -80,7 +72,7 @@ def test_paged_list_follows_continue_tokens(api: FakeApiServer) -> None:
     index = PodIndex("n1")
     w = watcher(api, PODS, index, page_size=3)
     try:
-        wait_until(lambda: index.synced[PODS])
+        wait_for(lambda: index.synced[PODS])
         assert len(index) == 7
         pages = [q for _, p, q in api.requests if p == "/api/v1/pods" and "watch" not in q]
         assert len(pages) == 3 and "continue" in pages[1] and "continue" in pages[2]
@@ -92,15 +84,15 @@ def test_bookmarks_move_the_resource_version(api: FakeApiServer) -> None:
     index = PodIndex("n1")
     w = watcher(api, PODS, index)
     try:
-        wait_until(lambda: api.open_watches() == 1)
+        wait_for(lambda: api.open_watches() == 1)
         before = w.resource_version
         api.add(PODS, pod("other", "x", node="n2", ip="198.18.3.3"))  # an event for another kind/selector
         api.bookmark()
-        wait_until(lambda: w.stats.bookmarks == 1, what="bookmark")
+        wait_for(lambda: w.stats.bookmarks == 1, what="bookmark")
         assert int(w.resource_version or 0) > int(before or 0)
         # the next watch resumes from the bookmark's version, not the list's
         api.disconnect_watches()
-        wait_until(lambda: w.stats.watches >= 2 and api.open_watches() == 1)
+        wait_for(lambda: w.stats.watches >= 2 and api.open_watches() == 1)
         watch_rvs = [q["resourceVersion"] for _, p, q in api.requests if q.get("watch") == "true"]
         assert watch_rvs[-1] == w.resource_version
         assert all(
@@ -115,14 +107,14 @@ def test_gone_410_relists(api: FakeApiServer) -> None:
     index = PodIndex("n1")
     w = watcher(api, PODS, index)
     try:
-        wait_until(lambda: api.open_watches() == 1)
+        wait_for(lambda: api.open_watches() == 1)
         # while the watch is cut, a pod changes and the server compacts its history
         api.disconnect_watches()
         api.delete(PODS, pod("default", "a", ip="198.18.4.1", node="n1", uid="u-a"))
         api.add(PODS, pod("default", "b", ip="198.18.4.2", node="n1", uid="u-b"))
         api.compact()
-        wait_until(lambda: w.stats.relists_gone >= 1, what="410 -> relist")
-        wait_until(lambda: index.endpoint("198.18.4.2", 1) == "p/default/b:1", what="relisted state")
+        wait_for(lambda: w.stats.relists_gone >= 1, what="410 -> relist")
+        wait_for(lambda: index.endpoint("198.18.4.2", 1) == "p/default/b:1", what="relisted state")
         assert index.endpoint("198.18.4.1", 1) == "r/198.18.4.1:1"
         assert w.stats.lists >= 2
     finally:
@@ -140,7 +132,7 @@ def test_410_as_error_event_on_an_open_watch(api: FakeApiServer) -> None:
     assert w.stats.relists_gone == 1 and w.resource_version is None
     t = threading.Thread(target=w.step, daemon=True)  # the next step lists again, then watches
     t.start()
-    wait_until(lambda: index.endpoint("198.18.4.3", 1) == "p/default/c:1")
+    wait_for(lambda: index.endpoint("198.18.4.3", 1) == "p/default/c:1")
     w.stop()
     t.join(5)
 
@@ -149,10 +141,10 @@ def test_disconnect_resumes_without_relisting(api: FakeApiServer) -> None:
     index = PodIndex("n1")
     w = watcher(api, PODS, index)
     try:
-        wait_until(lambda: api.open_watches() == 1)
+        wait_for(lambda: api.open_watches() == 1)
         api.disconnect_watches()
         api.add(PODS, pod("default", "late", ip="198.18.5.1", node="n1"))  # happens while cut
-        wait_until(lambda: index.endpoint("198.18.5.1", 1) == "p/default/late:1", what="resume")
+        wait_for(lambda: index.endpoint("198.18.5.1", 1) == "p/default/late:1", what="resume")
         assert w.stats.lists == 1  # resumed from the resource version: no relist
         assert w.stats.errors >= 1
     finally:
@@ -165,7 +157,7 @@ def test_api_down_degrades_names_never_blocks_then_names_return(api: FakeApiServ
     index = PodIndex("n1")
     ws = [watcher(api, PODS, index, stale_after_s=0.5), watcher(api, SERVICES, index, stale_after_s=0.5)]
     try:
-        wait_until(lambda: index.endpoint("198.18.6.10", 53) == "s/kube-system/kube-dns:53")
+        wait_for(lambda: index.endpoint("198.18.6.10", 53) == "s/kube-system/kube-dns:53")
         assert index.endpoint("fd00:6::a", 53) == "s/kube-system/kube-dns:53"
         api.stop()
         # lookups go on at full speed while the watchers fail and back off
@@ -181,13 +173,13 @@ def test_api_down_degrades_names_never_blocks_then_names_return(api: FakeApiServ
         # a lookup that waited on the API would take its client timeout (seconds); a dict read
         # takes microseconds: 1 s tells them apart even on a loaded 2-core machine
         assert worst < 1.0, f"a lookup took {worst * 1000:.1f} ms while the API was down"
-        wait_until(lambda: all(w.stats.degraded >= 1 for w in ws), what="degrade after stale_after")
+        wait_for(lambda: all(w.stats.degraded >= 1 for w in ws), what="degrade after stale_after")
         assert index.endpoint("198.18.6.1", 53) == "r/198.18.6.1:53"
         assert index.endpoint("198.18.6.10", 53) == "r/198.18.6.10:53"
         api.add(PODS, pod("default", "new", ip="198.18.6.2", node="n1"))  # changes while "down"
         api.start()  # same port
-        wait_until(lambda: index.endpoint("198.18.6.10", 53) == "s/kube-system/kube-dns:53", what="back")
-        wait_until(lambda: index.endpoint("198.18.6.2", 53) == "p/default/new:53")
+        wait_for(lambda: index.endpoint("198.18.6.10", 53) == "s/kube-system/kube-dns:53", what="back")
+        wait_for(lambda: index.endpoint("198.18.6.2", 53) == "p/default/new:53")
         assert index.endpoint("198.18.6.1", 53) == "p/default/web:53"
     finally:
         for w in ws:
@@ -202,13 +194,13 @@ def test_api_unreachable_at_start(tmp_path: Path) -> None:
     index = PodIndex("n1")
     w = watcher(srv, PODS, index)
     try:
-        wait_until(lambda: w.stats.errors >= 2)
+        wait_for(lambda: w.stats.errors >= 2)
         assert not index.synced[PODS]
         assert index.endpoint("198.18.7.1", 53) == "r/198.18.7.1:53"
         srv.add(PODS, pod("default", "p", ip="198.18.7.1", node="n1"))
         srv.port = port
         srv.start()
-        wait_until(lambda: index.endpoint("198.18.7.1", 53) == "p/default/p:53")
+        wait_for(lambda: index.endpoint("198.18.7.1", 53) == "p/default/p:53")
     finally:
         w.stop()
         srv.stop()
@@ -234,8 +226,8 @@ def test_nodes_and_cluster_wide_start_enricher(api: FakeApiServer, tmp_path: Pat
     local = start_enricher("n1", cluster_names=False, kubeconfig=kubeconfig, proc_root=str(tmp_path), **FAST)
     wide = start_enricher("n1", cluster_names=True, kubeconfig=kubeconfig, proc_root=str(tmp_path), **FAST)
     try:
-        wait_until(lambda: local.index.synced[PODS] and local.index.synced[NODES])
-        wait_until(lambda: all(wide.index.synced.values()))
+        wait_for(lambda: local.index.synced[PODS] and local.index.synced[NODES])
+        wait_for(lambda: all(wide.index.synced.values()))
         assert local.endpoint("198.18.8.1", 53) == "p/default/local:53"
         assert local.endpoint("198.18.8.2", 53) == "r/198.18.8.2:53"
         assert local.endpoint("198.18.8.10", 53) == "r/198.18.8.10:53"

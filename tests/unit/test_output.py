@@ -7,11 +7,7 @@ import json
 import time
 from typing import Any, ClassVar
 
-import dns.flags
-import dns.message
 import dns.rcode
-import dns.rdatatype
-import dns.rrset
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -43,6 +39,7 @@ from exporter.records import (
     Exchange,
     PacketMeta,
 )
+from tests import dnsmsg
 from tests.fixtures.output.make_golden import GOLDEN
 from tests.fixtures.output.make_golden import HERE as GOLDEN_DIR
 
@@ -59,9 +56,7 @@ NAME = "inspektor-gadget.io."
 
 
 def query_wire(name: str = NAME, qtype: str = "A", id: int = 0xC3B5) -> bytes:
-    q = dns.message.make_query(name, qtype, use_edns=False)
-    q.id = id
-    return q.to_wire()
+    return dnsmsg.wire(dnsmsg.query(name, qtype, id))
 
 
 def response_wire(
@@ -75,46 +70,20 @@ def response_wire(
     ttl: int = 300,
     tc: bool = False,
 ) -> bytes:
-    q = dns.message.make_query(name, qtype, use_edns=False)
-    q.id = id
-    r = dns.message.make_response(q)
-    r.flags |= dns.flags.RA
-    if tc:
-        r.flags |= dns.flags.TC
-    r.set_rcode(dns.rcode.Rcode(rcode))
-    owner = name
-    if cname is not None:
-        r.answer.append(dns.rrset.from_text(name, ttl * 2, "IN", "CNAME", cname))
-        owner = cname
-    for addr in addresses:  # one RRset each: dnspython shuffles the records of one RRset
-        r.answer.append(dns.rrset.from_text(owner, ttl, "IN", qtype, addr))
-    return r.to_wire()
-
-
-def meta(
-    ts: int,
-    src: str,
-    sport: int,
-    dst: str,
-    dport: int,
-    pkt_type: int,
-    transport: int = IPPROTO_UDP,
-) -> PacketMeta:
-    return PacketMeta(ts, NETNS, 3, pkt_type, transport, src, sport, dst, dport, ":" in src)
+    q = dnsmsg.query(name, qtype, id)
+    return dnsmsg.wire(dnsmsg.response(q, rcode, addresses, cname=cname, ttl=ttl, cname_ttl=ttl * 2, tc=tc))
 
 
 def query_pkt(ts: int = T0, **kw: Any) -> DnsPacket:
     transport = kw.pop("transport", IPPROTO_UDP)
-    return DnsPacket(
-        meta(ts, POD_IP, POD_PORT, KUBE_DNS, 53, PACKET_OUTGOING, transport), decode(query_wire(**kw))
-    )
+    m = dnsmsg.meta(ts, NETNS, PACKET_OUTGOING, (POD_IP, POD_PORT), (KUBE_DNS, 53), transport, ifindex=3)
+    return dnsmsg.packet(m, query_wire(**kw))
 
 
 def response_pkt(ts: int = T0 + 28 * MS, **kw: Any) -> DnsPacket:
     transport = kw.pop("transport", IPPROTO_UDP)
-    return DnsPacket(
-        meta(ts, KUBE_DNS, 53, POD_IP, POD_PORT, PACKET_HOST, transport), decode(response_wire(**kw))
-    )
+    m = dnsmsg.meta(ts, NETNS, PACKET_HOST, (KUBE_DNS, 53), (POD_IP, POD_PORT), transport, ifindex=3)
+    return dnsmsg.packet(m, response_wire(**kw))
 
 
 class K8sEnricher:

@@ -13,16 +13,11 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import dns.flags
-import dns.message
-import dns.rcode
-import dns.rrset
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
-from exporter.dns import decode
 from exporter.enrich import PlainEnricher
 from exporter.pairing import Pairer
 from exporter.records import (
@@ -34,7 +29,6 @@ from exporter.records import (
     ROLE_SERVER,
     DnsPacket,
     Exchange,
-    PacketMeta,
 )
 from exporter.telemetry import ids
 from exporter.telemetry import semconv as sc
@@ -46,6 +40,7 @@ from exporter.telemetry.resolution import (
     search_try_name,
 )
 from exporter.telemetry.sink import TelemetrySink, span_delay_s_from_env
+from tests import dnsmsg
 
 T0 = 1_700_000_000_000_000_000
 MS = 1_000_000
@@ -131,36 +126,24 @@ class Wire:
         addrs: tuple[str, ...] = ("10.1.2.3",),
         tc: bool = False,
     ) -> None:
-        self.q = dns.message.make_query(name, qtype)
-        self.q.id = qid
-        r = dns.message.make_response(self.q)
-        r.flags |= dns.flags.RA
-        r.set_rcode(dns.rcode.Rcode(rcode))
-        if tc:
-            r.flags |= dns.flags.TC
-        elif rcode == 0 and addrs:
-            r.answer.append(dns.rrset.from_text(name, 30, "IN", qtype, *addrs))
-        self.qwire = self.q.to_wire()
-        self.rwire = r.to_wire()
+        self.q = dnsmsg.query(name, qtype, qid)
+        r = dnsmsg.response(self.q, rcode, addrs if rcode == 0 and not tc else (), tc=tc)
+        self.qwire = dnsmsg.wire(self.q)
+        self.rwire = dnsmsg.wire(r)
         self.client, self.server, self.transport = client, server, transport
 
-    def _meta(self, ts_ms: float, netns: int, pkt_type: int, reply: bool) -> PacketMeta:
-        (ca, cp), (sa, sp) = self.client, self.server
-        ts = T0 + int(ts_ms * MS)
-        if reply:
-            return PacketMeta(ts, netns, 2, pkt_type, self.transport, sa, sp, ca, cp, ":" in ca)
-        return PacketMeta(ts, netns, 2, pkt_type, self.transport, ca, cp, sa, sp, ":" in ca)
+    def _packet(self, ts_ms: float, netns: int, sent: bool, reply: bool) -> DnsPacket:
+        src, dst = (self.server, self.client) if reply else (self.client, self.server)
+        pkt_type = PACKET_OUTGOING if sent else PACKET_HOST
+        m = dnsmsg.meta(T0 + int(ts_ms * MS), netns, pkt_type, src, dst, self.transport)
+        return dnsmsg.packet(m, self.rwire if reply else self.qwire)
 
     def query(self, ts_ms: float, netns: int, *, sent: bool) -> DnsPacket:
         """The query seen leaving (``sent``: the client's netns) or arriving (the server's)."""
-        return DnsPacket(
-            self._meta(ts_ms, netns, PACKET_OUTGOING if sent else PACKET_HOST, False), decode(self.qwire)
-        )
+        return self._packet(ts_ms, netns, sent, False)
 
     def response(self, ts_ms: float, netns: int, *, sent: bool) -> DnsPacket:
-        return DnsPacket(
-            self._meta(ts_ms, netns, PACKET_OUTGOING if sent else PACKET_HOST, True), decode(self.rwire)
-        )
+        return self._packet(ts_ms, netns, sent, True)
 
     def client_side(self, t_q: float, t_r: float, netns: int) -> list[DnsPacket]:
         return [self.query(t_q, netns, sent=True), self.response(t_r, netns, sent=False)]

@@ -15,33 +15,27 @@ import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-import dns.message
 import dns.rcode
-import dns.rrset
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from exporter.dns import decode
 from exporter.enrich import Workload, raw_endpoint
 from exporter.records import (
     IPPROTO_TCP,
     IPPROTO_UDP,
-    PACKET_HOST,
-    PACKET_OUTGOING,
     ROLE_CLIENT,
     ROLE_SERVER,
-    DnsPacket,
     Exchange,
-    PacketMeta,
 )
 from exporter.telemetry import ids
 from exporter.telemetry import semconv as sc
 from exporter.telemetry.metrics import TopNames
 from exporter.telemetry.otlp import ExporterConfigError, make_metric_exporter, make_span_exporter
 from exporter.telemetry.sink import TelemetrySink, build_resource
+from tests import dnsmsg
 from tests.otlp_receiver import OtlpHttpReceiver, OtlpReceiver, ReceivedSpan, attributes
 
 T0 = 1_700_000_000_000_000_000  # wall-clock ns
@@ -75,33 +69,6 @@ class FakeEnricher:
 # --- building exchanges from real wire messages -----------------------------------------------
 
 
-def query_wire(name: str, qtype: str, qid: int) -> dns.message.Message:
-    q = dns.message.make_query(name, qtype)
-    q.id = qid
-    return q
-
-
-def response_wire(
-    q: dns.message.Message,
-    rcode: int = 0,
-    addrs: tuple[str, ...] = (),
-    cname: str | None = None,
-    ttl: int = 30,
-) -> bytes:
-    r = dns.message.make_response(q)
-    r.flags |= dns.flags.RA
-    r.set_rcode(dns.rcode.Rcode(rcode))
-    qname = q.question[0].name.to_text()
-    rdtype = q.question[0].rdtype
-    owner = qname
-    if cname:
-        r.answer.append(dns.rrset.from_text(qname, ttl + 100, "IN", "CNAME", cname))
-        owner = cname
-    if addrs:
-        r.answer.append(dns.rrset.from_text(owner, ttl, "IN", dns.rdatatype.to_text(rdtype), *addrs))
-    return r.to_wire(want_shuffle=False)  # dnspython shuffles rdatas by default
-
-
 def make_exchange(
     *,
     name: str = "www.example.com.",
@@ -121,21 +88,25 @@ def make_exchange(
     retransmit_ts: tuple[int, ...] = (),
     timeout_ns: int = 5_000 * MS,
 ) -> Exchange:
-    q = query_wire(name, qtype, qid)
-    v6 = ":" in client[0]
-    qpkt = PACKET_OUTGOING if role == ROLE_CLIENT else PACKET_HOST
-    rpkt = PACKET_HOST if role == ROLE_CLIENT else PACKET_OUTGOING
-    qmeta = PacketMeta(t0, netns, 2, qpkt, transport, client[0], client[1], server[0], server[1], v6)
-    query = DnsPacket(qmeta, decode(q.to_wire()))
-    if not answered:
-        return Exchange(
-            query, None, role, len(retransmit_ts), timeout_ns=timeout_ns, retransmit_ts_ns=retransmit_ts
-        )
-    rmeta = PacketMeta(
-        t0 + latency_ns, netns, 2, rpkt, transport, server[0], server[1], client[0], client[1], v6
+    q = dnsmsg.query(name, qtype, qid)
+    r = (
+        dnsmsg.response(q, rcode, addrs if rcode == 0 else (), cname=cname, cname_ttl=130)
+        if answered
+        else None
     )
-    resp = DnsPacket(rmeta, decode(response_wire(q, rcode, addrs if rcode == 0 else (), cname)))
-    return Exchange(query, resp, role, len(retransmit_ts), retransmit_ts_ns=retransmit_ts)
+    return dnsmsg.exchange(
+        q,
+        r,
+        t0=t0,
+        latency_ns=latency_ns,
+        netns=netns,
+        client=client,
+        server=server,
+        role=role,
+        transport=transport,
+        retransmit_ts=retransmit_ts,
+        timeout_ns=timeout_ns,
+    )
 
 
 def feed(sink: TelemetrySink, ex: Exchange) -> None:

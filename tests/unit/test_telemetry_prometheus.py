@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
-import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import dns.rcode
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.records import ROLE_CLIENT
 from exporter.telemetry import semconv as sc
 from exporter.telemetry.sink import TelemetrySink
-from tests.conftest import require_tool
+from tests.prometheus import Prometheus, fetch, samples
 from tests.unit.test_telemetry import FakeEnricher, make_exchange
-
-PROMETHEUS = "/usr/bin/prometheus"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return str(r.read().decode())
 
 
 def feed_mix(sink: TelemetrySink) -> None:
@@ -51,11 +31,7 @@ def test_metrics_endpoint_uses_prometheus_names() -> None:
         text = fetch(f"http://127.0.0.1:{sink.prometheus_port}/metrics")
     finally:
         sink.shutdown(2)
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
+    got = samples(text)
     nx = {
         "dns_role": "client",
         "dns_question_type": "A",
@@ -67,11 +43,11 @@ def test_metrics_endpoint_uses_prometheus_names() -> None:
         "k8s_namespace_name": "default",
         "k8s_pod_name": "web-1",
     }
-    assert samples[("dns_lookup_duration_seconds_count", tuple(sorted(nx.items())))] == 7
-    assert samples[("dns_lookup_duration_seconds_bucket", tuple(sorted({**nx, "le": "0.005"}.items())))] == 5
-    assert samples[("dns_lookup_duration_seconds_bucket", tuple(sorted({**nx, "le": "+Inf"}.items())))] == 7
-    assert samples[("dns_lookup_duration_seconds_sum", tuple(sorted(nx.items())))] == pytest.approx(0.028)
-    names = {n for n, _ in samples}
+    assert got[("dns_lookup_duration_seconds_count", tuple(sorted(nx.items())))] == 7
+    assert got[("dns_lookup_duration_seconds_bucket", tuple(sorted({**nx, "le": "0.005"}.items())))] == 5
+    assert got[("dns_lookup_duration_seconds_bucket", tuple(sorted({**nx, "le": "+Inf"}.items())))] == 7
+    assert got[("dns_lookup_duration_seconds_sum", tuple(sorted(nx.items())))] == pytest.approx(0.028)
+    names = {n for n, _ in got}
     assert sc.prometheus_metric(sc.METRIC_QUERIES_UNANSWERED) == "dns_queries_unanswered_total"
     for metric in (
         sc.METRIC_QUERIES_UNANSWERED,
@@ -86,45 +62,16 @@ def test_metrics_endpoint_uses_prometheus_names() -> None:
         sc.METRIC_NETNS_ATTACHED,
     ):
         assert sc.prometheus_metric(metric) in names, metric
-    unanswered = [v for (n, _), v in samples.items() if n == "dns_queries_unanswered_total"]
+    unanswered = [v for (n, _), v in got.items() if n == "dns_queries_unanswered_total"]
     assert unanswered == [1]
 
 
 def test_real_prometheus_scrapes_the_sink(tmp_path: Path) -> None:
-    require_tool(PROMETHEUS)
     sink = TelemetrySink(FakeEnricher(), prometheus_port=0, metric_interval_s=3600)
-    web = free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: dnsotel\n    static_configs: [{{targets: ['127.0.0.1:{sink.prometheus_port}']}}]\n"
-    )
-    proc = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{web}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("wb"),
-    )
     try:
-        feed_mix(sink)
-        query = 'dns_lookup_duration_seconds_count{dns_response_code="NXDOMAIN"}'
-        url = f"http://127.0.0.1:{web}/api/v1/query?" + urllib.parse.urlencode({"query": query})
-        deadline = time.monotonic() + 60
-        result: list[dict[str, object]] = []
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
-            try:
-                body = json.loads(fetch(url))
-            except OSError:
-                body = {}
-            result = body.get("data", {}).get("result", []) if body else []
-            if result:
-                break
-            time.sleep(0.5)
+        with Prometheus(tmp_path, [f"127.0.0.1:{sink.prometheus_port}"]) as prom:
+            feed_mix(sink)
+            result = prom.wait_for('dns_lookup_duration_seconds_count{dns_response_code="NXDOMAIN"}')
         assert len(result) == 1, result
         value = result[0]["value"]
         assert isinstance(value, list)
@@ -134,10 +81,4 @@ def test_real_prometheus_scrapes_the_sink(tmp_path: Path) -> None:
         assert metric["dns_nameserver"] == "s/kube-system/kube-dns:53"
         assert metric["job"] == "dnsotel"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         sink.shutdown(2)
