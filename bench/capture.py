@@ -1,7 +1,8 @@
 """The exporter under real DNS load: loss and CPU next to the DNS server it watches (DESIGN §7).
 
 Run as root: ``.venv/bin/python bench/capture.py [--rates 5000,20000,50000] [--seconds 8]
-[--resolvers dnsmasq,unbound] [--modes trace,run] [--profile]``. Prints figures; asserts nothing.
+[--resolvers dnsmasq,unbound] [--modes trace,run] [--pairing user,kernel] [--profile]``.
+Prints figures; asserts nothing.
 
 Set-up: the test lab (tests/lab/lab.py: client, resolver and upstream namespaces, no routes
 out); the resolver with its cache on, warmed with a fixed set of names in ``ok.lab.``, so
@@ -11,7 +12,9 @@ time (``-l``). The exporter captures in the client's and the resolver's namespac
 
 * ``trace``: ``dnsotel trace -o json`` to /dev/null (capture, pairing, one JSON row per packet);
 * ``run``: ``dnsotel run`` exporting to a closed localhost OTLP port with
-  ``DNSOTEL_SPAN_SAMPLE_RATIO=0`` (capture, pairing, local metrics; spans only for anomalies).
+  ``DNSOTEL_SPAN_SAMPLE_RATIO=0`` (capture, pairing, local metrics; spans only for anomalies),
+  once per ``--pairing`` mode (``user``: pairing.py; ``kernel``: ``DNSOTEL_PAIRING=kernel``,
+  one ring record per answered exchange).
 
 Per run: dnsperf's own counts; packets on the wire the exporter should see (each query and
 each response crosses both observed namespaces: 2 x sent + 2 x completed); packets it saw and
@@ -42,7 +45,9 @@ from tests.lab.lab import Lab, Resolver
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
 NAMES = 100
-SUMMARY = re.compile(r"dnsotel: (\d+) packets seen, (\d+) lost in the kernel, (\d+) undecodable")
+SUMMARY = re.compile(
+    r"dnsotel: (\d+) packets seen, (\d+) lost in the kernel, (\d+) undecodable, (\d+) pairs, (\d+) unanswered"
+)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -83,6 +88,8 @@ class Result:
     seen: int = 0
     lost: int = 0
     undecodable: int = 0
+    pairs: int = 0
+    unanswered: int = 0
     exporter_cpu: float = 0.0
     server_cpu: float = 0.0
     wall: float = 0.0
@@ -91,12 +98,14 @@ class Result:
 
 
 def start_exporter(mode: str, lab: Lab, tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """``mode``: trace, or run-user / run-kernel (the pairing)."""
     netns = ["--netns", lab.client.ns.path, "--netns", lab.resolver.path]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DNSOTEL_", "OTEL_"))}
     if mode == "trace":
         argv = [*dnsotel(), "trace", "-o", "json", *netns]
     else:
         argv = [*dnsotel(), "run", *netns]
+        env["DNSOTEL_PAIRING"] = mode.partition("-")[2] or "user"
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
         env["DNSOTEL_SPAN_SAMPLE_RATIO"] = "0"
     err = tmp / f"exporter-{mode}-{time.monotonic_ns()}.err"
@@ -204,7 +213,7 @@ def one_run(
     m = SUMMARY.search(err.read_text(errors="replace"))
     if m is None:
         raise RuntimeError(f"no summary from the exporter:\n{err.read_text(errors='replace')}")
-    r.seen, r.lost, r.undecodable = (int(m.group(i)) for i in (1, 2, 3))
+    r.seen, r.lost, r.undecodable, r.pairs, r.unanswered = (int(m.group(i)) for i in (1, 2, 3, 4, 5))
     r.exporter_cpu = (e1 - e0) / wall
     r.server_cpu = (s1 - s0) / wall
     r.others_cpu = (m1[0] - m0[0]) / wall - r.exporter_cpu - r.server_cpu  # includes dnsperf
@@ -216,16 +225,19 @@ def one_run(
 def table(results: list[Result]) -> str:
     head = (
         "| resolver | exporter | rate q/s | sent (dnsperf) | answered | packets on the wire | "
-        "packets seen | lost in kernel | exporter CPU | CPU µs / packet seen | DNS server CPU | "
-        "exporter / server | dnsperf + other processes |"
+        "packets seen | lost in kernel | pairs | unanswered | exporter CPU | CPU µs / packet seen | "
+        "CPU µs / exchange | DNS server CPU | exporter / server | dnsperf + other processes |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         ratio = r.exporter_cpu / r.server_cpu if r.server_cpu > 0 else float("inf")
         per_pkt = 1e6 * r.exporter_cpu * r.wall / r.seen if r.seen else 0.0
+        # each answered query is two exchanges (client side and resolver side)
+        per_ex = 1e6 * r.exporter_cpu * r.wall / (2 * r.completed) if r.completed else 0.0
         lines.append(
             f"| {r.resolver} | {r.mode} | {r.rate:,} | {r.sent:,} | {r.completed:,} | {r.expected:,} | "
-            f"{r.seen:,} | {r.lost:,} | {100 * r.exporter_cpu:.0f} % | {per_pkt:.1f} | "
+            f"{r.seen:,} | {r.lost:,} | {r.pairs:,} | {r.unanswered:,} | {100 * r.exporter_cpu:.0f} % | "
+            f"{per_pkt:.1f} | {per_ex:.1f} | "
             f"{100 * r.server_cpu:.0f} % | {ratio:.2f} | {100 * r.others_cpu:.0f} % |"
         )
     return "\n".join(lines)
@@ -237,6 +249,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=8, help="dnsperf -l per run")
     ap.add_argument("--resolvers", default="dnsmasq,unbound")
     ap.add_argument("--modes", default="trace,run")
+    ap.add_argument("--pairing", default="user,kernel", help="pairing modes of `run`: user, kernel or both")
     ap.add_argument("--profile", action="store_true", help="py-spy the exporter in the 20k runs")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -255,7 +268,12 @@ def main() -> int:
             )
             lab.query("client", *names, server=res.v4, timeout=120)  # warm the cache
             before = len(lab.upstream_queries())
-            for mode in args.modes.split(","):
+            modes = [
+                m2
+                for m in args.modes.split(",")
+                for m2 in ([m] if m != "run" else [f"run-{p}" for p in args.pairing.split(",")])
+            ]
+            for mode in modes:
                 for rate in rates:
                     r = one_run(
                         lab, res, kind, mode, rate, args.seconds, queryfile, args.profile and rate == 20000

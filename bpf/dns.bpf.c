@@ -14,7 +14,9 @@
  * Parameters (cflags):
  *   -DDNS_PORTS=53,5353   up to 8 ports, matched against the source or destination port
  *   -DMAX_PAYLOAD=512     DNS bytes copied per packet, 1..4096
- *   -DRINGBUF_PAGES=512   ring buffer size in pages (power of 2)
+ *   -DRINGBUF_PAGES=2048  ring buffer size in pages (power of 2)
+ *   -DKERNEL_PAIRING      pair UDP queries with their responses here (see kpair() below)
+ *   -DMAX_PENDING=65536   entries of the pending-query table (KERNEL_PAIRING)
  *
  * Offsets: for a SOCK_RAW packet socket the kernel runs the filter with skb->data at the
  * MAC header when the device has one (Ethernet, veth, loopback), and at the network
@@ -30,7 +32,10 @@
 #define DNS_PORTS 53
 #endif
 #ifndef RINGBUF_PAGES
-#define RINGBUF_PAGES 512
+#define RINGBUF_PAGES 2048
+#endif
+#ifndef MAX_PENDING
+#define MAX_PENDING 65536
 #endif
 #if MAX_PAYLOAD < 1 || MAX_PAYLOAD > 4096
 #error "MAX_PAYLOAD must be 1..4096"
@@ -57,12 +62,23 @@
 #define CNT_MALFORMED 2  /* IP packet whose headers could not be read or parsed */
 #define CNT_COPY_ERR 3   /* payload copy failed: event sent with cap_len 0 */
 #define CNT_EVENTS 4     /* events written */
-#define CNT_MAX 5
+/* KERNEL_PAIRING only */
+#define CNT_KQUERIES 5    /* UDP queries that entered the pending table (first sightings) */
+#define CNT_KRETRANS 6    /* queries that repeated a pending one: counted, no event */
+#define CNT_KPAIRED 7     /* responses paired here: one PAIR event each */
+#define CNT_KSUPERSEDED 8 /* pending queries replaced by a new question on the same key */
+#define CNT_KFULL 9       /* queries sent to user space because the pending table was full */
+#define CNT_MAX 10
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct dns_event, 1);
 BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
 BPF_PROG_ARRAY(dispatch, 1);
+#ifdef KERNEL_PAIRING
+/* Not preallocated: memory follows the queries actually in flight, not MAX_PENDING. */
+BPF_F_TABLE("hash", struct pending_key, struct pending_val, pending, MAX_PENDING, BPF_F_NO_PREALLOC);
+BPF_PERCPU_ARRAY(pscratch, struct pending_val, 1);
+#endif
 
 /* DNS_PORTS padded with zeros to 8 entries; port 0 never matches. */
 #define PORT_IN_(p, a, b, c, d, e, f, g, h, ...) \
@@ -82,6 +98,229 @@ static __always_inline int same16(const u64 *a, const u64 *b)
 {
 	return a[0] == b[0] && a[1] == b[1];
 }
+
+#ifdef KERNEL_PAIRING
+#define PACKET_OUTGOING 4
+#define ROLE_CLIENT 0
+#define ROLE_SERVER 1
+#define KP_PLAIN 0    /* emit the packet as a PACKET record */
+#define KP_CONSUMED 1 /* nothing (more) to emit */
+#define KP_PAIR 2     /* ev is now a PAIR record of *len bytes */
+#define MSG_COPY (12 + DNS_QMAX < MAX_PAYLOAD ? 12 + DNS_QMAX : MAX_PAYLOAD)
+/* question bytes compared: a multiple of 4, and within the payload a message can carry */
+#define QCMP (DNS_QMAX < ((MAX_PAYLOAD - 12) & ~3) ? DNS_QMAX : ((MAX_PAYLOAD - 12) & ~3))
+#if MAX_PAYLOAD < 16
+#error "KERNEL_PAIRING needs MAX_PAYLOAD >= 16"
+#endif
+
+/* The first question (name + type + class) of the message in p[0..cap): its length goes
+ * to out->qlen and its name's length (root label included) to out->namelen, and 0 is
+ * returned; -1 when the kernel does not pair it (compressed or malformed name, cut by the
+ * capture, longer than DNS_QMAX). The results go through map memory on purpose: read
+ * back, they are unknown to the verifier, so the states of the 128 ways out of this loop
+ * merge instead of each exploring the rest of the program. */
+static __always_inline int question_len(const u8 *p, u32 cap, struct pending_val *out)
+{
+	u32 off = 12;
+#pragma clang loop unroll(disable) vectorize(disable) interleave(disable)
+	for (int i = 0; i < 128; i++) {
+		if (off >= cap)
+			return -1;
+		u32 o = off;
+		asm volatile("" : "+r"(o)); /* one register for the bound check and the access */
+		if (o >= MAX_PAYLOAD)
+			return -1;
+		u8 l = p[o];
+		if (l == 0) {
+			u32 n = off + 1 - 12;
+			if (n + 4 > QCMP || off + 1 + 4 > cap)
+				return -1;
+			*(volatile u16 *)&out->namelen = n;
+			*(volatile u16 *)&out->qlen = n + 4;
+			return 0;
+		}
+		if (l & 0xc0)
+			return -1;
+		off += (u32)l + 1;
+	}
+	return -1;
+}
+
+/* 1 when a < b, for a, b < 2^31, computed without a branch (see normalize()) */
+static __always_inline u32 lt(u32 a, u32 b)
+{
+	return (a - b) >> 31;
+}
+
+/* dst[0..QCMP) = the question at src (qlen bytes, the name's namelen first) as the kernel
+ * stores and compares it: the name's A-Z folded to a-z (like the decoder's lower-cased
+ * names), type and class as they are, zeros after qlen. Branch-free: with a branch on
+ * i < qlen per byte, the verifier explores every (qlen, namelen) split and gives up. */
+static __always_inline void normalize(u8 *dst, const u8 *src, u32 qlen, u32 namelen)
+{
+#pragma clang loop unroll(disable) vectorize(disable) interleave(disable)
+	for (u32 i = 0; i < QCMP; i++) {
+		u32 c = src[i];
+		u32 up = lt(c, 'Z' + 1) & lt('A' - 1, c);
+		c += (up & lt(i, namelen)) << 5;
+		c &= -lt(i, qlen);
+		dst[i] = c;
+	}
+}
+
+/* Two normalized questions (QCMP bytes each, 4-byte aligned) are equal. */
+static __always_inline int same_question(const u8 *a, const u8 *b)
+{
+	u32 diff = 0;
+#pragma clang loop unroll(disable) vectorize(disable) interleave(disable)
+	for (u32 i = 0; i < QCMP / 4; i++) {
+		u32 x, y;
+		__builtin_memcpy(&x, a + 4 * i, 4);
+		__builtin_memcpy(&y, b + 4 * i, 4);
+		diff |= x ^ y;
+	}
+	return diff == 0;
+}
+
+/* Pair a UDP DNS message in ev (all header fields set) against the pending table. */
+static __always_inline int kpair(struct dns_event *ev, u32 cap, u32 *len)
+{
+	if (cap < 12 || cap > MAX_PAYLOAD)
+		return KP_PLAIN;
+	u8 *p = ev->payload;
+	u16 id = ((u16)p[0] << 8) | p[1];
+	u16 qd = ((u16)p[4] << 8) | p[5];
+	struct pending_key key = {};
+	key.netns = ev->netns;
+	key.id = id;
+	key.proto = ev->proto;
+	u32 zero = 0;
+	struct pending_val *nv = pscratch.lookup(&zero);
+	if (!nv)
+		return KP_PLAIN;
+	u32 namelen, ql;
+
+	if (!(p[2] & 0x80)) { /* query */
+		if (qd == 0)
+			return KP_PLAIN;
+		if (question_len(p, cap, nv) < 0)
+			return KP_PLAIN;
+		ql = *(volatile u16 *)&nv->qlen;
+		namelen = *(volatile u16 *)&nv->namelen;
+		normalize(&nv->msg[12], &p[12], ql, namelen);
+		key.role = ev->pkt_type == PACKET_OUTGOING ? ROLE_CLIENT : ROLE_SERVER;
+		key.cport = ev->sport;
+		__builtin_memcpy(key.caddr, ev->saddr, 16);
+		struct pending_val *old = pending.lookup(&key);
+		if (old && old->qlen == ql && same_question(&old->msg[12], &nv->msg[12])) {
+			u32 n = old->retransmits;
+			if (n < 4)
+				old->rts_ns[n & 3] = ev->ts_ns;
+			old->retransmits = n + 1;
+			count(CNT_KRETRANS);
+			return KP_CONSUMED;
+		}
+		nv->ts_ns = ev->ts_ns;
+		nv->retransmits = 0;
+		__builtin_memcpy(nv->server, ev->daddr, 16);
+		nv->server_port = ev->dport;
+		nv->ifindex = ev->ifindex;
+		nv->pkt_type = ev->pkt_type;
+		nv->ip_version = ev->ip_version;
+		__builtin_memcpy(nv->msg, p, 4); /* id, flags */
+		nv->msg[4] = 0; /* counts: one question, nothing else */
+		nv->msg[5] = 1;
+		__builtin_memset(&nv->msg[6], 0, 6);
+		if (old) {
+			/* same key, new question: report the old query (user space: unanswered) */
+			u64 now = ev->ts_ns;
+			ev->kind = DNS_KIND_SUPERSEDED;
+			ev->q_ts_ns = now;
+			ev->ts_ns = old->ts_ns;
+			ev->q_retransmits = old->retransmits;
+			__builtin_memcpy(ev->q_rts_ns, old->rts_ns, sizeof(ev->q_rts_ns));
+			__builtin_memcpy(ev->daddr, old->server, 16);
+			ev->dport = old->server_port;
+			ev->ifindex = old->ifindex;
+			ev->pkt_type = old->pkt_type;
+			ev->flags = 0;
+			u32 olen = 12 + (u32)old->qlen;
+			__builtin_memcpy(ev->payload, old->msg, MSG_COPY);
+			if (olen > MSG_COPY)
+				olen = MSG_COPY;
+			ev->cap_len = olen;
+			ev->orig_len = olen;
+			if (events.ringbuf_output(ev, DNS_EVENT_HDR_LEN + olen, 0) != 0)
+				count(CNT_LOST);
+			else
+				count(CNT_EVENTS);
+			count(CNT_KSUPERSEDED);
+			if (pending.update(&key, nv) != 0)
+				return KP_CONSUMED; /* cannot happen for an existing key */
+			count(CNT_KQUERIES);
+			return KP_CONSUMED;
+		}
+		if (pending.insert(&key, nv) != 0) {
+			/* table full (or a racing insert): user space pairs this one */
+			count(CNT_KFULL);
+			return KP_PLAIN;
+		}
+		count(CNT_KQUERIES);
+		return KP_CONSUMED;
+	}
+
+	/* response */
+	key.role = ev->pkt_type == PACKET_OUTGOING ? ROLE_SERVER : ROLE_CLIENT;
+	key.cport = ev->dport;
+	__builtin_memcpy(key.caddr, ev->daddr, 16);
+	struct pending_val *v = pending.lookup(&key);
+	if (!v)
+		return KP_PLAIN;
+	u32 out = DNS_EVENT_HDR_LEN + cap;
+	ev->q_msg_len = 0;
+	if (qd == 0) {
+		/* an error response without a question matches on the key alone */
+		if ((p[3] & 0x0f) == 0)
+			return KP_PLAIN;
+#if MAX_PAYLOAD >= DNS_NOQ_RESP_MAX + 12 + DNS_QMAX
+		if (cap > DNS_NOQ_RESP_MAX)
+			return KP_PLAIN;
+		__builtin_memcpy(&ev->payload[DNS_NOQ_RESP_MAX], v->msg, 12 + DNS_QMAX);
+		u32 qm = 12 + (u32)v->qlen;
+		if (qm > 12 + DNS_QMAX)
+			return KP_PLAIN;
+		ev->q_msg_len = qm;
+		out = DNS_EVENT_HDR_LEN + DNS_NOQ_RESP_MAX + qm;
+#else
+		return KP_PLAIN;
+#endif
+	} else {
+		if (question_len(p, cap, nv) < 0)
+			return KP_PLAIN;
+		ql = *(volatile u16 *)&nv->qlen;
+		namelen = *(volatile u16 *)&nv->namelen;
+		normalize(&nv->msg[12], &p[12], ql, namelen);
+		if (v->qlen != ql || !same_question(&v->msg[12], &nv->msg[12]))
+			return KP_PLAIN;
+	}
+	ev->q_ts_ns = v->ts_ns;
+	ev->q_retransmits = v->retransmits;
+	__builtin_memcpy(ev->q_rts_ns, v->rts_ns, sizeof(ev->q_rts_ns));
+	__builtin_memcpy(ev->q_daddr, v->server, 16);
+	ev->q_dport = v->server_port;
+	ev->q_ifindex = v->ifindex;
+	ev->q_pkt_type = v->pkt_type;
+	ev->q_flags = ((u16)v->msg[2] << 8) | v->msg[3];
+	ev->_pad = 0;
+	/* only the side whose delete succeeds reports: user space expiring it took it first */
+	if (pending.delete(&key) != 0)
+		return KP_PLAIN;
+	ev->kind = DNS_KIND_PAIR;
+	count(CNT_KPAIRED);
+	*len = out;
+	return KP_PAIR;
+}
+#endif
 
 int dns_filter(struct __sk_buff *skb)
 {
@@ -259,9 +498,25 @@ int dns_filter(struct __sk_buff *skb)
 	ev->pkt_type = skb->pkt_type;
 	ev->proto = l4proto;
 	ev->flags = evflags;
-	ev->_pad = 0;
+	ev->kind = DNS_KIND_PACKET;
 
-	if (events.ringbuf_output(ev, DNS_EVENT_HDR_LEN + cap, 0) != 0)
+	u32 len = DNS_EVENT_HDR_LEN + cap;
+#ifdef KERNEL_PAIRING
+	/* a message cut by MAX_PAYLOAD or a first fragment pairs too, when its question is whole */
+	if (l4proto == P_UDP) {
+		int r = kpair(ev, cap, &len);
+		if (r == KP_CONSUMED)
+			return 0;
+		if (r == KP_PLAIN) {
+			ev->kind = DNS_KIND_PACKET;
+			len = DNS_EVENT_HDR_LEN + cap;
+		}
+	}
+	asm volatile("" : "+r"(len));
+	if (len > DNS_EVENT_HDR_LEN + MAX_PAYLOAD)
+		return 0;
+#endif
+	if (events.ringbuf_output(ev, len, 0) != 0)
 		count(CNT_LOST);
 	else
 		count(CNT_EVENTS);

@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the exporter: capture, pair and export spans and metrics until SIGTERM")
     _add_capture_args(run)
+    run.add_argument(
+        "--pairing",
+        choices=("user", "kernel"),
+        help="pair UDP queries and responses in user space (default) or in the kernel (DNSOTEL_PAIRING)",
+    )
     _add_output_args(run)
     _add_kubernetes_args(run)
 
@@ -141,6 +146,7 @@ def settings_from(args: argparse.Namespace, env: dict[str, str] | None = None) -
         "include_host": getattr(args, "host", None),
         "netns_paths": tuple(args.netns) if getattr(args, "netns", None) else None,
         "snaplen": getattr(args, "snaplen", None),
+        "pairing": getattr(args, "pairing", None),
         "kubernetes": getattr(args, "kubernetes", None),
         "cluster_names": getattr(args, "cluster_names", None),
     }
@@ -311,7 +317,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         sinks, close = _exporter_sinks(ctx, out)
         try:
-            return run_live(settings, sinks, err=err, netns_filter=ctx.netns_filter())
+            return run_live(
+                settings, sinks, err=err, netns_filter=ctx.netns_filter(), pairing=settings.pairing
+            )
         finally:
             close()
     finally:

@@ -27,6 +27,7 @@ class Settings:
     timeout_ns: int = 5_000_000_000
     max_pending: int = 65_536
     snaplen: int = 1232  # the EDNS payload size resolvers cap UDP answers at (DNS Flag Day 2020)
+    pairing: str = "user"  # "kernel": pair UDP in the kernel (exporter/kpairing.py), `run` only
     include_host: bool = False
     netns_paths: tuple[str, ...] = ()
     proc_root: str = "/proc"
@@ -108,6 +109,7 @@ def parse_ports(raw: str, name: str = "--ports") -> frozenset[int]:
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+PAIRING_MODES = ("user", "kernel")
 
 
 def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -121,6 +123,9 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         )
     prom_port_raw = e.get("DNSOTEL_PROMETHEUS_PORT", "").strip()
     prom_port = _int(e, "DNSOTEL_PROMETHEUS_PORT", 0, 1, 65535) if prom_port_raw else None
+    pairing = e.get("DNSOTEL_PAIRING", "user").strip().lower() or "user"
+    if pairing not in PAIRING_MODES:
+        raise ConfigError(f"DNSOTEL_PAIRING={pairing!r} is not a pairing mode (expected user or kernel)")
     netns_raw = e.get("DNSOTEL_NETNS", "")
     endpoint_vars = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     values: dict[str, object] = dict(
@@ -128,6 +133,7 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         timeout_ns=_int(e, "DNSOTEL_TIMEOUT_MS", 5000, 1, 3_600_000) * 1_000_000,
         max_pending=_int(e, "DNSOTEL_MAX_PENDING", 65_536, 16, 10_000_000),
         snaplen=_int(e, "DNSOTEL_SNAPLEN", 1232, 64, MAX_SNAPLEN),
+        pairing=pairing,
         include_host=_bool(e, "DNSOTEL_HOST_NETNS", False),
         netns_paths=tuple(p for p in netns_raw.split(",") if p.strip()),
         proc_root=e.get("DNSOTEL_PROC_ROOT", "/proc").strip() or "/proc",

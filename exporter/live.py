@@ -51,10 +51,10 @@ class LiveHealth:
         return dict(self.engine.decode_errors)
 
     def pending(self) -> int:
-        return self.engine.pairer.stats.pending
+        return self.engine.pairing_stats().pending
 
     def evicted(self) -> int:
-        return self.engine.pairer.stats.evicted
+        return self.engine.pairing_stats().evicted
 
     def netns_attached(self) -> int:
         if self.attached_at_close is not None:
@@ -91,16 +91,30 @@ def run_live(
     stop: threading.Event | None = None,
     on_ready: Callable[[LiveHealth], None] | None = None,
     netns_filter: Callable[[dict[int, str]], dict[int, str]] | None = None,
+    pairing: str = "user",
 ) -> int:
+    """``pairing="kernel"`` pairs UDP in the kernel (exporter/kpairing.py); ``trace`` keeps
+    ``"user"``: it shows a row per query packet, which kernel pairing never sees."""
     from exporter.capture.ebpf import CaptureError, EbpfCapture
     from exporter.cli import StartupError, Stopper
+    from exporter.kpairing import KernelPairedEngine
     from exporter.netns import NetnsWatcher
 
-    engine = Engine(
-        list(sinks),  # type: ignore[arg-type]
-        timeout_ns=settings.timeout_ns,
-        max_pending=settings.max_pending,
-    )
+    kengine: KernelPairedEngine | None = None
+    engine: Engine
+    if pairing == "kernel":
+        kengine = KernelPairedEngine(
+            list(sinks),  # type: ignore[arg-type]
+            timeout_ns=settings.timeout_ns,
+            max_pending=settings.max_pending,
+        )
+        engine = kengine
+    else:
+        engine = Engine(
+            list(sinks),  # type: ignore[arg-type]
+            timeout_ns=settings.timeout_ns,
+            max_pending=settings.max_pending,
+        )
     health = LiveHealth(engine)
     if stop is None:
         stopper = Stopper()
@@ -108,10 +122,16 @@ def run_live(
         stop = stopper.event
     try:
         capture = EbpfCapture(
-            engine.on_segment, dns_ports=sorted(settings.ports), max_payload=settings.snaplen
+            engine.on_segment,
+            dns_ports=sorted(settings.ports),
+            max_payload=settings.snaplen,
+            on_paired=kengine.on_paired if kengine is not None else None,
+            max_pending=settings.max_pending,
         )
     except CaptureError as exc:
         raise StartupError(str(exc)) from None
+    if kengine is not None:
+        kengine.bind(capture)
     health.capture = capture
     watcher = NetnsWatcher(
         capture.attach,
@@ -134,6 +154,7 @@ def run_live(
                 "netns_attached": attached,
                 "ports": ",".join(map(str, sorted(settings.ports))),
                 "compile_seconds": round(capture.compile_seconds, 3),
+                "pairing": pairing,
             },
         )
         # with pod selectors, paths that exist but are not selected yet (names load in the
@@ -172,11 +193,12 @@ def run_live(
     finally:
         health.lost_at_close = capture.lost()
         health.attached_at_close = len(capture.attached)
+        stats = engine.pairing_stats()
         summary = (
             f"dnsotel: {engine.segments} packets seen, {health.lost_at_close} lost in the kernel, "
-            f"{engine.decode_error_total} undecodable, {engine.pairer.stats.paired} pairs, "
-            f"{engine.pairer.stats.unanswered} unanswered, "
-            f"{engine.pairer.stats.pending} still pending (not reported: their timeout had not passed)"
+            f"{engine.decode_error_total} undecodable, {stats.paired} pairs, "
+            f"{stats.unanswered} unanswered, "
+            f"{stats.pending} still pending (not reported: their timeout had not passed)"
         )
         capture.close()
         print(summary, file=err, flush=True)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from exporter.capture.tcp import TcpReassembler
 from exporter.dns import DecodeError, decode
-from exporter.pairing import Pairer
+from exporter.pairing import Pairer, PairingStats
 from exporter.records import IPPROTO_UDP, DnsPacket, Exchange, PacketMeta, PairSink, Segment
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class Engine:
         max_pending: int = 65_536,
     ) -> None:
         sink: PairSink = sinks[0] if len(sinks) == 1 else FanOut(sinks)
+        self.sink = sink
         self.pairer = Pairer(sink, timeout_ns=timeout_ns, max_pending=max_pending)
         self.reassembler = TcpReassembler()
         self.decode_errors: Counter[str] = Counter()
@@ -94,6 +95,10 @@ class Engine:
     def finish(self) -> None:
         """End of input: every query still pending is reported unanswered."""
         self.pairer.flush()
+
+    def pairing_stats(self) -> PairingStats:
+        """The pairing counters (kernel pairing adds the kernel's to the pairer's)."""
+        return self.pairer.stats
 
     @property
     def decode_error_total(self) -> int:

@@ -42,7 +42,19 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from exporter.capture.events import decode_event, layout_mismatches
+from exporter.capture.events import (
+    KIND_OFFSET,
+    KIND_PACKET,
+    PENDING_KEY,
+    PENDING_VAL,
+    PendingKey,
+    PendingVal,
+    QueryInfo,
+    decode_event,
+    decode_query_info,
+    layout_mismatches,
+    struct_mismatches,
+)
 from exporter.records import Segment
 
 log = logging.getLogger(__name__)
@@ -53,13 +65,35 @@ SOURCE = "dns.bpf.c"
 MAX_PORTS = 8
 MAX_PAYLOAD_LIMIT = 4096
 
+DEFAULT_RINGBUF_PAGES = 2048  # 8 MiB with 4 KiB pages
+MAX_RINGBUF_PAGES = 1 << 18  # 1 GiB with 4 KiB pages (the kernel's size is a u32 of bytes)
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
 # kernel counters in the per-CPU array "counters" (bpf/dns.bpf.c CNT_*)
-COUNTER_NAMES = ("lost", "fragments_skipped", "malformed", "copy_errors", "events")
+COUNTER_NAMES = (
+    "lost",
+    "fragments_skipped",
+    "malformed",
+    "copy_errors",
+    "events",
+    # KERNEL_PAIRING only (zero otherwise)
+    "kernel_queries",  # UDP queries that entered the kernel's pending table
+    "kernel_retransmits",  # queries that repeated a pending one (no event)
+    "kernel_paired",  # responses paired in the kernel (one PAIR event each)
+    "kernel_superseded",  # pending queries replaced by a new question on the same key
+    "kernel_table_full",  # queries handed to user space because the pending table was full
+)
 
 _CLONE_NEWNET = 0x40000000
 _ETH_P_ALL = 0x0003
 _SO_ATTACH_BPF = 50
+_BPF_MAP_CREATE = 0
+_BPF_MAP_UPDATE_ELEM = 2
 _BPF_PROG_LOAD = 5
+_BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
+_BPF_MAP_LOOKUP_BATCH = 24
+_BPF_MAP_TYPE_RINGBUF = 27
+_BPF_NOEXIST = 1
 _BPF_PROG_TYPE_SOCKET_FILTER = 1
 _BPF_FUNC_tail_call = 12
 _BPF_PSEUDO_MAP_FD = 1
@@ -221,7 +255,18 @@ def _headers_present() -> bool:
     return os.path.exists("/sys/kernel/kheaders.tar.xz")  # CONFIG_IKHEADERS: bcc unpacks it
 
 
-def build_cflags(dns_ports: Iterable[int], max_payload: int, ringbuf_pages: int, bpf_dir: Path) -> list[str]:
+def _size_text(nbytes: int) -> str:
+    return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KiB"
+
+
+def build_cflags(
+    dns_ports: Iterable[int],
+    max_payload: int,
+    ringbuf_pages: int,
+    bpf_dir: Path,
+    kernel_pairing: bool = False,
+    max_pending: int = 65_536,
+) -> list[str]:
     ports = list(dns_ports)
     if not 1 <= len(ports) <= MAX_PORTS or any(not 1 <= p <= 65535 for p in ports):
         raise CaptureError(f"--dns-ports takes 1 to {MAX_PORTS} ports in 1..65535, got {ports}")
@@ -229,12 +274,46 @@ def build_cflags(dns_ports: Iterable[int], max_payload: int, ringbuf_pages: int,
         raise CaptureError(f"max payload must be 1..{MAX_PAYLOAD_LIMIT} bytes, got {max_payload}")
     if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
         raise CaptureError(f"ring buffer pages must be a power of two, got {ringbuf_pages}")
-    return [
+    if ringbuf_pages > MAX_RINGBUF_PAGES:
+        raise CaptureError(
+            f"a ring buffer of {ringbuf_pages} pages ({_size_text(ringbuf_pages * PAGE_SIZE)}) is too large: "
+            f"at most {MAX_RINGBUF_PAGES} pages ({_size_text(MAX_RINGBUF_PAGES * PAGE_SIZE)})"
+        )
+    if not 1 <= max_pending <= 10_000_000:
+        raise CaptureError(f"max pending must be 1..10000000, got {max_pending}")
+    flags = [
         f"-I{bpf_dir}",
         f"-DDNS_PORTS={','.join(str(p) for p in ports)}",
         f"-DMAX_PAYLOAD={max_payload}",
         f"-DRINGBUF_PAGES={ringbuf_pages}",
     ]
+    if kernel_pairing:
+        flags += ["-DKERNEL_PAIRING=1", f"-DMAX_PENDING={max_pending}"]
+    return flags
+
+
+def probe_ringbuf(nbytes: int) -> None:
+    """Create (and close) a ring buffer map of ``nbytes`` with bpf(BPF_MAP_CREATE).
+
+    bcc reports a map the kernel refuses as "Failed to compile BPF module" (libbcc prints
+    the real error on stderr), so the ring buffer, by far the largest map, is tried first
+    and a refusal becomes a one-line ``CaptureError``.
+    """
+    attr = ctypes.create_string_buffer(72)
+    struct.pack_into("<IIIII", attr, 0, _BPF_MAP_TYPE_RINGBUF, 0, 0, nbytes, 0)
+    try:
+        fd = _bpf(_BPF_MAP_CREATE, attr)
+    except OSError as exc:
+        hint = {
+            errno.ENOMEM: "not enough memory (or the memory cgroup / memlock limit): use a smaller ring",
+            errno.EPERM: "not permitted (needs CAP_BPF, or raise the memlock limit: ulimit -l unlimited)",
+            errno.EINVAL: "the size must be a power-of-two number of pages",
+        }.get(exc.errno or 0, "")
+        raise CaptureError(
+            f"the kernel refused a {_size_text(nbytes)} ring buffer: {exc.strerror}"
+            + (f" ({hint})" if hint else "")
+        ) from None
+    os.close(fd)
 
 
 class EbpfCapture:
@@ -249,13 +328,25 @@ class EbpfCapture:
         on_segment: Callable[[Segment], None],
         dns_ports: Iterable[int] = (53,),
         max_payload: int = 512,
-        ringbuf_pages: int = 512,
+        ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
         bpf_dir: Path | str | None = None,
+        *,
+        on_paired: Callable[[int, Segment, QueryInfo], None] | None = None,
+        max_pending: int = 65_536,
+        wall_offset_ns: int | None = None,
     ) -> None:
+        """``on_paired`` turns on kernel pairing: UDP queries wait in the kernel's pending
+        table, and ``on_paired(kind, segment, info)`` gets each PAIR record (``segment`` is
+        the response) and SUPERSEDED record (``segment`` is the abandoned query, ``info.ts_ns``
+        the time it was superseded). Everything else still reaches ``on_segment``."""
         self._on_segment = on_segment
+        self._on_paired = on_paired
+        self.kernel_pairing = on_paired is not None
         self.max_payload = max_payload
         bpf_path = Path(bpf_dir) if bpf_dir is not None else BPF_DIR
-        cflags = build_cflags(dns_ports, max_payload, ringbuf_pages, bpf_path)
+        cflags = build_cflags(
+            dns_ports, max_payload, ringbuf_pages, bpf_path, self.kernel_pairing, max_pending
+        )
         missing = _missing_caps()
         if missing:
             raise CaptureError(
@@ -279,6 +370,7 @@ class EbpfCapture:
                 resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         except (OSError, ValueError):
             pass  # kernels >= 5.11 account BPF memory to the cgroup instead
+        probe_ringbuf(ringbuf_pages * PAGE_SIZE)
         t0 = time.monotonic()
         try:
             self._bpf: Any = bcc.BPF(src_file=str(bpf_path / SOURCE).encode(), cflags=cflags)
@@ -307,6 +399,14 @@ class EbpfCapture:
                 raise CaptureError(
                     "bpf/dns_event.h and exporter/capture/events.py disagree: " + "; ".join(problems)
                 )
+            if self.kernel_pairing:
+                problems = struct_mismatches("pending_key", self._bpf[b"pending"].Key, PendingKey)
+                problems += struct_mismatches("pending_val", self._bpf[b"pending"].Leaf, PendingVal)
+                if problems:
+                    raise CaptureError(
+                        "bpf/dns_event.h and exporter/capture/events.py disagree: " + "; ".join(problems)
+                    )
+                self._pending_fd = int(self._bpf[b"pending"].map_fd)
             self._dispatch = self._bpf[b"dispatch"]
             self._dispatch[ctypes.c_int(0)] = ctypes.c_int(fn.fd)
             self._counters = self._bpf[b"counters"]
@@ -315,7 +415,8 @@ class EbpfCapture:
             self._bpf.cleanup()
             raise
         self._socks: dict[int, socket.socket] = {}
-        self.wall_offset_ns = _clock_offset_ns()
+        # a second capture in one process can share the first's offset (tests comparing them)
+        self.wall_offset_ns = _clock_offset_ns() if wall_offset_ns is None else wall_offset_ns
         self._error: BaseException | None = None
         self._cb = self._make_callback(bcc.libbcc._RINGBUF_CB_TYPE)
         self._lib = bcc.libbcc.lib
@@ -373,16 +474,36 @@ class EbpfCapture:
         decode = decode_event
         on_segment = self._on_segment
         wall = self.wall_offset_ns
+        on_paired = self._on_paired
 
-        def on_event(_ctx: int | None, data: int, size: int) -> int:
+        if on_paired is None:
+
+            def on_event(_ctx: int | None, data: int, size: int) -> int:
+                try:
+                    on_segment(decode(string_at(data, size), 0, wall))
+                except BaseException as exc:  # re-raised by poll(); ctypes would only print it
+                    self._error = exc
+                    return -1  # stop consuming; the rest stays in the ring for the next poll
+                return 0
+
+            return cb_type(on_event)
+
+        query_info = decode_query_info
+
+        def on_event_kp(_ctx: int | None, data: int, size: int) -> int:
             try:
-                on_segment(decode(string_at(data, size), 0, wall))
-            except BaseException as exc:  # re-raised by poll(); ctypes would only print it
+                buf = string_at(data, size)
+                kind = buf[KIND_OFFSET]
+                if kind == KIND_PACKET:
+                    on_segment(decode(buf, 0, wall))
+                else:
+                    on_paired(kind, decode(buf, 0, wall), query_info(buf, 0, wall))
+            except BaseException as exc:
                 self._error = exc
-                return -1  # stop consuming; the rest stays in the ring for the next poll
+                return -1
             return 0
 
-        return cb_type(on_event)
+        return cb_type(on_event_kp)
 
     @property
     def fd(self) -> int:
@@ -409,6 +530,95 @@ class EbpfCapture:
         for i, name in enumerate(COUNTER_NAMES):
             out[name] = int(sum(self._counters[ctypes.c_int(i)]))
         return out
+
+    # -- the kernel's pending-query table (kernel pairing) ---------------------------------
+
+    def pending_entries(self, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of the kernel's pending table, as raw struct bytes.
+
+        One BPF_MAP_LOOKUP_BATCH per ``chunk`` entries. Not a snapshot: entries added or
+        removed meanwhile may or may not be in the list.
+        """
+        if not self.kernel_pairing:
+            return []
+        ksz, vsz = PENDING_KEY.size, PENDING_VAL.size
+        while True:
+            keys = ctypes.create_string_buffer(ksz * chunk)
+            vals = ctypes.create_string_buffer(vsz * chunk)
+            in_batch = ctypes.create_string_buffer(8)
+            out_batch = ctypes.create_string_buffer(8)
+            attr = ctypes.create_string_buffer(56)
+            out: list[tuple[bytes, bytes]] = []
+            first = True
+            while True:
+                struct.pack_into(
+                    "<QQQQIIQQ",
+                    attr,
+                    0,
+                    0 if first else ctypes.addressof(in_batch),
+                    ctypes.addressof(out_batch),
+                    ctypes.addressof(keys),
+                    ctypes.addressof(vals),
+                    chunk,
+                    self._pending_fd,
+                    0,
+                    0,
+                )
+                done = False
+                try:
+                    _bpf(_BPF_MAP_LOOKUP_BATCH, attr)
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:  # a bucket larger than chunk: retry bigger
+                        break
+                    if exc.errno != errno.ENOENT:
+                        raise
+                    done = True
+                n = struct.unpack_from("<I", attr, 32)[0]
+                kraw, vraw = keys.raw, vals.raw
+                out += [(kraw[i * ksz : (i + 1) * ksz], vraw[i * vsz : (i + 1) * vsz]) for i in range(n)]
+                if done:
+                    return out
+                ctypes.memmove(in_batch, out_batch, 8)
+                first = False
+            chunk *= 4
+
+    def take_pending(self, key: bytes) -> bytes | None:
+        """Delete one pending entry and return its value, or None when it is gone already
+        (a response took it): atomic, so a query is reported by exactly one side."""
+        kbuf = ctypes.create_string_buffer(key, len(key))
+        vbuf = ctypes.create_string_buffer(PENDING_VAL.size)
+        attr = ctypes.create_string_buffer(32)
+        struct.pack_into(
+            "<IIQQQ", attr, 0, self._pending_fd, 0, ctypes.addressof(kbuf), ctypes.addressof(vbuf), 0
+        )
+        try:
+            _bpf(_BPF_MAP_LOOKUP_AND_DELETE_ELEM, attr)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+        return vbuf.raw
+
+    def restore_pending(self, key: bytes, value: bytes) -> bool:
+        """Put back an entry ``take_pending`` removed, unless the key is pending again."""
+        kbuf = ctypes.create_string_buffer(key, len(key))
+        vbuf = ctypes.create_string_buffer(value, len(value))
+        attr = ctypes.create_string_buffer(32)
+        struct.pack_into(
+            "<IIQQQ",
+            attr,
+            0,
+            self._pending_fd,
+            0,
+            ctypes.addressof(kbuf),
+            ctypes.addressof(vbuf),
+            _BPF_NOEXIST,
+        )
+        try:
+            _bpf(_BPF_MAP_UPDATE_ELEM, attr)
+        except OSError:
+            return False
+        return True
 
     def lost(self) -> int:
         """Events dropped because the ring buffer was full (never silent: export this)."""

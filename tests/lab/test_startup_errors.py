@@ -142,11 +142,6 @@ def test_unknown_filter_field_is_a_usage_error() -> None:
     one_line(proc, 2, "nosuchfield", "--list-fields")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bcc's exception says 'Failed to compile BPF module'; the map error only reaches stderr "
-    "from libbcc, so ebpf.py reports a compile failure (and stderr gets two lines)",
-)
 def test_a_refused_ring_buffer_is_reported_as_such() -> None:
     require_root()
     code = (

@@ -1,0 +1,305 @@
+"""Kernel pairing (``DNSOTEL_PAIRING=kernel``): the engine for PAIR records from bpf/dns.bpf.c.
+
+With ``-DKERNEL_PAIRING`` the socket filter keeps UDP queries in a BPF hash map
+``pending`` under pairing.py's key (netns, role, transport, client address, client port,
+DNS id) with the query's question, and emits nothing for them. A response that matches a
+pending key and question (or an error response without a question) becomes ONE ``PAIR``
+record: the response as usual plus the query's time, retransmissions, destination,
+ifindex, pkt_type and flags. So user space decodes one message per exchange instead of
+two, and never sees a query that gets answered.
+
+What stays on the user-space path (:class:`~exporter.pairing.Pairer`, fed with
+``PACKET`` records exactly as in ``user`` mode):
+
+* TCP (segments need reassembly; TCP DNS is rare);
+* queries without a question, with a compressed or malformed first name, with a question
+  longer than 160 bytes (``DNS_QMAX``) or cut by the snaplen before its end;
+* queries that find the kernel table full (``max_pending``): counted in the kernel
+  (``kernel_table_full``) and paired in user space, whose own table evicts as before;
+* responses the kernel did not pair: no pending key, another question (unmatched, as in
+  user mode), or the query went the user-space way.
+
+Unanswered queries: :meth:`KernelPairedEngine.advance` scans the map (batch lookup) at
+most every ``scan_every_ns`` and takes out entries older than the timeout with
+BPF_MAP_LOOKUP_AND_DELETE_ELEM; only the side whose delete succeeds (this scan, or the
+kernel on a late response) reports the exchange, so a query is never both paired and
+unanswered. A query replaced by a new question on the same key arrives as a
+``SUPERSEDED`` record and is reported unanswered at once, as pairing.py does.
+
+Differences from user-space pairing, all on rare paths: ``on_query`` is not called for
+queries the kernel holds (``dnsotel trace`` keeps user pairing, it shows query rows);
+only the first 4 retransmission timestamps are kept (the count is exact); a query the
+decoder would reject beyond its question still pairs; a response that pairs in the
+kernel but then fails to decode is counted as a decode error and its exchange is lost;
+an error response without a question pairs only when it is at most 64 bytes long; the
+query of a PAIR carries the header flags and question, not its EDNS record.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from exporter.capture.events import (
+    KIND_PAIR,
+    KIND_SUPERSEDED,
+    PENDING_KEY,
+    PENDING_VAL,
+    QueryInfo,
+    addr_text,
+)
+from exporter.dns import DecodeError, Message, decode
+from exporter.pairing import PairingStats, query_role, response_role
+from exporter.pipeline import REASON_CAPTURE_TRUNCATED, Engine
+from exporter.records import ROLE_CLIENT, ROLE_SERVER, DnsPacket, Exchange, PacketMeta, PairSink, Segment
+
+if TYPE_CHECKING:
+    from exporter.capture.ebpf import EbpfCapture
+
+log = logging.getLogger(__name__)
+
+PAIRING_MODES = ("user", "kernel")
+SCAN_EVERY_NS = 200_000_000
+
+_TS = struct.Struct("<Q")
+
+
+@dataclass(slots=True)
+class KernelPairingStats(PairingStats):
+    """PairingStats of both tables: the kernel's and the user-space pairer's."""
+
+    kernel_pending: int = 0  # entries in the kernel's table at the last scan
+
+    @property
+    def pending(self) -> int:
+        return self.kernel_pending + len(self._table)
+
+
+def query_message(resp: Message, flags: int) -> Message:
+    """The query of a PAIR: the response's id and question, the query's header flags."""
+    return Message(
+        resp.id,
+        False,
+        (flags >> 11) & 0xF,
+        bool(flags & 0x400),
+        bool(flags & 0x200),
+        bool(flags & 0x100),
+        bool(flags & 0x80),
+        bool(flags & 0x20),
+        bool(flags & 0x10),
+        flags & 0xF,
+        1 if resp.question is not None else 0,
+        0,
+        0,
+        0,
+        resp.question,
+        [],
+        [],
+        [],
+        None,
+        None,
+        False,
+    )
+
+
+class KernelPairedEngine(Engine):
+    """The Engine for a capture with kernel pairing: PACKET records go through the usual
+    path (``on_segment``), PAIR and SUPERSEDED records through :meth:`on_paired`."""
+
+    def __init__(
+        self,
+        sinks: Sequence[PairSink],
+        *,
+        timeout_ns: int = 5_000_000_000,
+        max_pending: int = 65_536,
+        scan_every_ns: int = SCAN_EVERY_NS,
+    ) -> None:
+        super().__init__(sinks, timeout_ns=timeout_ns, max_pending=max_pending)
+        self.timeout_ns = timeout_ns
+        self.scan_every_ns = scan_every_ns
+        self.capture: EbpfCapture | None = None
+        self.kernel_paired = 0  # PAIR records turned into exchanges
+        self.kernel_unanswered = 0  # timed out in the kernel table, or superseded
+        self.kernel_superseded = 0
+        self.kernel_pending = 0
+        self.lost_pairs = 0  # PAIR records whose response did not decode
+        self._next_scan = 0
+        self._kcounters: dict[str, int] = {}
+
+    def bind(self, capture: EbpfCapture) -> None:
+        """The capture whose pending table this engine expires (created after the engine)."""
+        self.capture = capture
+
+    # -- records ------------------------------------------------------------------------
+
+    def on_paired(self, kind: int, seg: Segment, info: QueryInfo) -> None:
+        """A PAIR record (``seg`` is the response) or a SUPERSEDED one (``seg`` the old query)."""
+        if kind == KIND_PAIR:
+            self._pair(seg, info)
+        elif kind == KIND_SUPERSEDED:
+            self._superseded(seg, info)
+
+    def _pair(self, seg: Segment, info: QueryInfo) -> None:
+        meta = seg.meta
+        self.segments += 2 + info.retransmits
+        self.messages += 2
+        cut = seg.orig_len > len(seg.payload)
+        try:
+            rmsg = decode(seg.payload, partial=cut)
+            qmsg = decode(info.msg) if info.msg else query_message(rmsg, info.flags)
+        except DecodeError as exc:
+            self.decode_errors[REASON_CAPTURE_TRUNCATED if cut else exc.reason] += 1
+            self.lost_pairs += 1
+            return
+        qmeta = PacketMeta(
+            info.ts_ns,
+            meta.netns,
+            info.ifindex,
+            info.pkt_type,
+            meta.transport,
+            meta.dst,
+            meta.dport,
+            info.server,
+            info.server_port,
+            meta.ipv6,
+        )
+        self.kernel_paired += 1
+        self.sink.on_response(
+            Exchange(
+                DnsPacket(qmeta, qmsg),
+                DnsPacket(meta, rmsg),
+                response_role(meta.pkt_type),
+                info.retransmits,
+                0,
+                info.retransmit_ts_ns,
+            )
+        )
+
+    def _superseded(self, seg: Segment, info: QueryInfo) -> None:
+        meta = seg.meta
+        self.segments += 1 + info.retransmits
+        self.messages += 1
+        try:
+            msg = decode(seg.payload)
+        except DecodeError as exc:  # pragma: no cover - the kernel checked the question
+            self.decode_errors[exc.reason] += 1
+            return
+        self.kernel_unanswered += 1
+        self.kernel_superseded += 1
+        waited = min(self.timeout_ns, max(0, info.ts_ns - meta.ts_ns))
+        self.sink.on_unanswered(
+            Exchange(
+                DnsPacket(meta, msg),
+                None,
+                query_role(meta.pkt_type),
+                info.retransmits,
+                waited,
+                info.retransmit_ts_ns,
+            )
+        )
+
+    # -- time ---------------------------------------------------------------------------
+
+    def advance(self, now_ns: int) -> None:
+        """Expire both tables by wall time; the kernel's at most every ``scan_every_ns``."""
+        super().advance(now_ns)
+        if self.capture is not None and now_ns >= self._next_scan:
+            self._next_scan = now_ns + self.scan_every_ns
+            self.expire_kernel(now_ns)
+
+    def expire_kernel(self, now_ns: int, *, everything: bool = False) -> int:
+        """Report kernel-pending queries with ``now - ts >= timeout`` (all with ``everything``)."""
+        cap = self.capture
+        if cap is None:
+            return 0
+        limit = (1 << 64) if everything else now_ns - cap.wall_offset_ns - self.timeout_ns
+        entries = cap.pending_entries()
+        pending = len(entries)
+        reported = 0
+        ts_of = _TS.unpack_from
+        for key, val in entries:
+            if ts_of(val)[0] > limit:
+                continue
+            taken = cap.take_pending(key)
+            if taken is None:
+                pending -= 1  # answered meanwhile: the kernel reported it
+                continue
+            if ts_of(taken)[0] > limit:  # the key was answered and asked again meanwhile
+                if not cap.restore_pending(key, taken):
+                    log.debug("a re-asked query was answered while being expired")
+                continue
+            pending -= 1
+            reported += 1
+            self._report_unanswered(key, taken, cap.wall_offset_ns)
+        self.kernel_pending = pending
+        return reported
+
+    def _report_unanswered(self, key: bytes, val: bytes, wall: int) -> None:
+        netns, _qid, cport, caddr, role, proto = PENDING_KEY.unpack(key)
+        (ts, r0, r1, r2, r3, server, retrans, ifindex, sport, qlen, _namelen, pkt_type, ipver, msg) = (
+            PENDING_VAL.unpack(val)
+        )
+        v6 = ipver == 6
+        meta = PacketMeta(
+            ts + wall,
+            netns,
+            ifindex,
+            pkt_type,
+            proto,
+            addr_text(caddr, v6),
+            cport,
+            addr_text(server, v6),
+            sport,
+            v6,
+        )
+        self.segments += 1 + retrans
+        self.messages += 1
+        try:
+            qmsg = decode(msg[: 12 + qlen])
+        except DecodeError as exc:  # pragma: no cover - the kernel checked the question
+            self.decode_errors[exc.reason] += 1
+            return
+        self.kernel_unanswered += 1
+        rts = tuple(t + wall for t in (r0, r1, r2, r3)[: min(retrans, 4)])
+        self.sink.on_unanswered(
+            Exchange(
+                DnsPacket(meta, qmsg),
+                None,
+                ROLE_CLIENT if role == 0 else ROLE_SERVER,
+                retrans,
+                self.timeout_ns,
+                rts,
+            )
+        )
+
+    def finish(self) -> None:
+        """End of input: every query pending in either table is reported unanswered."""
+        super().finish()
+        self.expire_kernel(0, everything=True)
+
+    # -- counters -----------------------------------------------------------------------
+
+    def pairing_stats(self) -> KernelPairingStats:
+        user = self.pairer.stats
+        if self.capture is not None:
+            try:
+                self._kcounters = self.capture.counters()
+            except Exception:  # closed: the last values read
+                pass
+        k = self._kcounters
+        kq, kr = k.get("kernel_queries", 0), k.get("kernel_retransmits", 0)
+        return KernelPairingStats(
+            queries=user.queries + kq + kr,
+            responses=user.responses + self.kernel_paired + self.lost_pairs,
+            paired=user.paired + self.kernel_paired,
+            unanswered=user.unanswered + self.kernel_unanswered,
+            unmatched=user.unmatched,
+            retransmits=user.retransmits + kr,
+            evicted=user.evicted,
+            superseded=user.superseded + self.kernel_superseded,
+            _table=user._table,
+            kernel_pending=self.kernel_pending,
+        )
