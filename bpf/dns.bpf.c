@@ -71,6 +71,13 @@
 #define CNT_MAX 10
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+/* No wakeup per record: user space drains the ring in batches on a short tick
+ * (exporter/capture/ebpf.py, RING_TICK_MS). A wakeup per record cost a consumer wakeup,
+ * a poll round trip and an irq_work in the sender's context for every DNS packet. */
+#ifndef RINGBUF_FLAGS
+#define RINGBUF_FLAGS BPF_RB_NO_WAKEUP
+#endif
 BPF_PERCPU_ARRAY(scratch, struct dns_event, 1);
 BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
 BPF_PROG_ARRAY(dispatch, 1);
@@ -250,7 +257,7 @@ static __always_inline int kpair(struct dns_event *ev, u32 cap, u32 *len)
 				olen = MSG_COPY;
 			ev->cap_len = olen;
 			ev->orig_len = olen;
-			if (events.ringbuf_output(ev, DNS_EVENT_HDR_LEN + olen, 0) != 0)
+			if (events.ringbuf_output(ev, DNS_EVENT_HDR_LEN + olen, RINGBUF_FLAGS) != 0)
 				count(CNT_LOST);
 			else
 				count(CNT_EVENTS);
@@ -516,7 +523,7 @@ int dns_filter(struct __sk_buff *skb)
 	if (len > DNS_EVENT_HDR_LEN + MAX_PAYLOAD)
 		return 0;
 #endif
-	if (events.ringbuf_output(ev, len, 0) != 0)
+	if (events.ringbuf_output(ev, len, RINGBUF_FLAGS) != 0)
 		count(CNT_LOST);
 	else
 		count(CNT_EVENTS);
