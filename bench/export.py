@@ -38,6 +38,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find tests/
 
 import dns.rcode
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
