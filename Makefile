@@ -4,6 +4,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+# `make run` watches this host, whose own DNS traffic is in the host's network namespace;
+# the DaemonSet leaves it out by default (on a node it sees forwarded pod traffic twice).
+RUN_ARGS ?= --host
 
 .PHONY: setup run trace test lint typecheck unit lab dashboards bench clean
 
@@ -11,7 +14,7 @@ setup:
 	@scripts/setup.sh deb venv
 
 run: setup
-	$(VENV)/bin/dnsotel run $(ARGS)
+	$(VENV)/bin/dnsotel run $(RUN_ARGS) $(ARGS)
 
 trace: setup
 	$(VENV)/bin/dnsotel trace $(ARGS)
