@@ -68,7 +68,8 @@
 #define CNT_KPAIRED 7     /* responses paired here: one PAIR event each */
 #define CNT_KSUPERSEDED 8 /* pending queries replaced by a new question on the same key */
 #define CNT_KFULL 9       /* queries sent to user space because the pending table was full */
-#define CNT_MAX 10
+#define CNT_KNOTICES 10   /* QUERY_NOTICE records written (server-side first sightings) */
+#define CNT_MAX 11
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
@@ -119,6 +120,28 @@ static __always_inline int same16(const u64 *a, const u64 *b)
 #if MAX_PAYLOAD < 16
 #error "KERNEL_PAIRING needs MAX_PAYLOAD >= 16"
 #endif
+#define NOTICE_COPY (DNS_NOTICE_MAX < MAX_PAYLOAD ? DNS_NOTICE_MAX : MAX_PAYLOAD)
+
+/* ev (a query's header and n payload bytes) as a QUERY_NOTICE record: a server-side query
+ * just entered the pending table, so user space can track it while it is pending. */
+static __always_inline void notice(struct dns_event *ev, u32 n)
+{
+	if (n > NOTICE_COPY)
+		n = NOTICE_COPY;
+	asm volatile("" : "+r"(n));
+	if (n > MAX_PAYLOAD)
+		return;
+	ev->kind = DNS_KIND_QUERY_NOTICE;
+	ev->cap_len = n;
+	if (n < ev->orig_len)
+		ev->flags |= DNS_EV_TRUNCATED;
+	if (events.ringbuf_output(ev, DNS_EVENT_HDR_LEN + n, RINGBUF_FLAGS) != 0) {
+		count(CNT_LOST);
+	} else {
+		count(CNT_EVENTS);
+		count(CNT_KNOTICES);
+	}
+}
 
 /* The first question (name + type + class) of the message in p[0..cap): its length goes
  * to out->qlen and its name's length (root label included) to out->namelen, and 0 is
@@ -241,6 +264,8 @@ static __always_inline int kpair(struct dns_event *ev, u32 cap, u32 *len)
 		if (old) {
 			/* same key, new question: report the old query (user space: unanswered) */
 			u64 now = ev->ts_ns;
+			u32 orig = ev->orig_len;
+			u8 flags = ev->flags;
 			ev->kind = DNS_KIND_SUPERSEDED;
 			ev->q_ts_ns = now;
 			ev->ts_ns = old->ts_ns;
@@ -265,6 +290,19 @@ static __always_inline int kpair(struct dns_event *ev, u32 cap, u32 *len)
 			if (pending.update(&key, nv) != 0)
 				return KP_CONSUMED; /* cannot happen for an existing key */
 			count(CNT_KQUERIES);
+			if (key.role == ROLE_SERVER) {
+				/* the new query's payload was overwritten above: its header and
+				 * (normalized) question from nv stand in for it */
+				ev->ts_ns = now;
+				__builtin_memcpy(ev->daddr, nv->server, 16);
+				ev->dport = nv->server_port;
+				ev->ifindex = nv->ifindex;
+				ev->pkt_type = nv->pkt_type;
+				ev->flags = flags;
+				ev->orig_len = orig;
+				__builtin_memcpy(ev->payload, nv->msg, MSG_COPY);
+				notice(ev, 12 + ql);
+			}
 			return KP_CONSUMED;
 		}
 		if (pending.insert(&key, nv) != 0) {
@@ -273,6 +311,8 @@ static __always_inline int kpair(struct dns_event *ev, u32 cap, u32 *len)
 			return KP_PLAIN;
 		}
 		count(CNT_KQUERIES);
+		if (key.role == ROLE_SERVER)
+			notice(ev, cap);
 		return KP_CONSUMED;
 	}
 

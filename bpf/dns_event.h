@@ -27,9 +27,15 @@
 #define DNS_KIND_SUPERSEDED 2 /* a pending query abandoned for a new question on the same key:
 			       * the header is the old query's, the payload its question as a DNS
 			       * message (query header + question), q_ts the new query's time */
+#define DNS_KIND_QUERY_NOTICE 3 /* a server-side query the kernel now holds (first sighting):
+				 * header and the first cap_len (<= DNS_NOTICE_MAX) payload bytes,
+				 * as a PACKET record; q_* unset. Lets user space track a resolver's
+				 * pending queries. Client-side queries and retransmissions: none. */
 
 /* Longest question (name + type + class) the kernel pairs; longer ones take the user path. */
 #define DNS_QMAX 160
+/* Payload bytes a QUERY_NOTICE carries at most (the question and usually the EDNS record). */
+#define DNS_NOTICE_MAX 256
 /* A PAIR whose response has no question carries the query's message at payload[64]. */
 #define DNS_NOQ_RESP_MAX 64
 

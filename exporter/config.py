@@ -27,7 +27,7 @@ class Settings:
     timeout_ns: int = 5_000_000_000
     max_pending: int = 65_536
     snaplen: int = 1232  # the EDNS payload size resolvers cap UDP answers at (DNS Flag Day 2020)
-    pairing: str = "user"  # "kernel": pair UDP in the kernel (exporter/kpairing.py), `run` only
+    pairing: str = "user"  # `run` only ("trace" always pairs in user space); "kernel": exporter/kpairing.py
     include_host: bool = False
     netns_paths: tuple[str, ...] = ()
     proc_root: str = "/proc"

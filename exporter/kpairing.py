@@ -26,13 +26,26 @@ kernel on a late response) reports the exchange, so a query is never both paired
 unanswered. A query replaced by a new question on the same key arrives as a
 ``SUPERSEDED`` record and is reported unanswered at once, as pairing.py does.
 
-Differences from user-space pairing, all on rare paths: ``on_query`` is not called for
-queries the kernel holds (``dnsotel trace`` keeps user pairing, it shows query rows);
-only the first 4 retransmission timestamps are kept (the count is exact); a query the
-decoder would reject beyond its question still pairs; a response that pairs in the
-kernel but then fails to decode is counted as a decode error and its exchange is lost;
-an error response without a question pairs only when it is at most 64 bytes long; the
-query of a PAIR carries the header flags and question, not its EDNS record.
+Queries for the resolution tracker (``on_query``): the kernel announces each server-side
+query it takes into its table with a ``QUERY_NOTICE`` record (header and up to 256 payload
+bytes; none for retransmissions or client-side queries). The engine decodes it, calls
+``on_query(pkt, "server", False)`` at once, and keeps the packet under the kernel's key
+until the query's PAIR, SUPERSEDED record or expiry, whose exchange then carries THAT
+packet as its query (the tracker matches by identity). A client-side query gets its
+``on_query`` just before its exchange is reported (``on_response`` / ``on_unanswered``),
+with the query's own timestamp: the tracker parents a resolver's upstream query under the
+server query still pending at that point, as it does in user mode. ``dnsotel trace``
+keeps user pairing (it shows query rows as they are sent).
+
+Other differences from user-space pairing, all on rare paths: only the first 4
+retransmission timestamps are kept (the count is exact); a query the decoder would reject
+beyond its question still pairs; a response that pairs in the kernel but then fails to
+decode is counted as a decode error and its exchange is lost; an error response without a
+question pairs only when it is at most 64 bytes long; the query of a client-side PAIR
+carries the header flags and question, not its EDNS record (a server-side one is the
+announced packet: its first 256 bytes); a client-side query reaches ``on_query`` only when
+its exchange completes, so a server query in another netns that it reaches cannot join
+its trace at once (the tracker joins them then, see resolution.py).
 """
 
 from __future__ import annotations
@@ -45,6 +58,7 @@ from typing import TYPE_CHECKING
 
 from exporter.capture.events import (
     KIND_PAIR,
+    KIND_QUERY_NOTICE,
     KIND_SUPERSEDED,
     PENDING_KEY,
     PENDING_VAL,
@@ -65,6 +79,8 @@ PAIRING_MODES = ("user", "kernel")
 SCAN_EVERY_NS = 200_000_000
 
 _TS = struct.Struct("<Q")
+# a server-side query the kernel announced: netns, transport, client address, client port, DNS id
+_NoticeKey = tuple[int, int, str, int, int]
 
 
 @dataclass(slots=True)
@@ -128,6 +144,16 @@ class KernelPairedEngine(Engine):
         self.lost_pairs = 0  # PAIR records whose response did not decode
         self._next_scan = 0
         self._kcounters: dict[str, int] = {}
+        # QUERY_NOTICE packets until their exchange is reported (insertion order: oldest first)
+        self._noticed: dict[_NoticeKey, DnsPacket] = {}
+        self.max_noticed = max_pending
+        self.notices = 0  # QUERY_NOTICE records passed to on_query
+        self.notices_evicted = 0  # dropped from the bounded table before their exchange came
+        self.notice_errors = 0  # QUERY_NOTICE records that did not decode
+        for sink in sinks:  # a resolution tracker sees client queries when they complete
+            tracker = getattr(sink, "resolution", None)
+            if tracker is not None and hasattr(tracker, "join_late"):
+                tracker.join_late = True
 
     def bind(self, capture: EbpfCapture) -> None:
         """The capture whose pending table this engine expires (created after the engine)."""
@@ -135,24 +161,68 @@ class KernelPairedEngine(Engine):
 
     # -- records ------------------------------------------------------------------------
 
-    def on_paired(self, kind: int, seg: Segment, info: QueryInfo) -> None:
-        """A PAIR record (``seg`` is the response) or a SUPERSEDED one (``seg`` the old query)."""
+    def on_paired(self, kind: int, seg: Segment, info: QueryInfo | None) -> None:
+        """A PAIR record (``seg`` is the response), a SUPERSEDED one (``seg`` the old query) or
+        a QUERY_NOTICE (``seg`` the query, ``info`` None)."""
         if kind == KIND_PAIR:
+            assert info is not None
             self._pair(seg, info)
+        elif kind == KIND_QUERY_NOTICE:
+            self._notice(seg)
         elif kind == KIND_SUPERSEDED:
+            assert info is not None
             self._superseded(seg, info)
+
+    def _notice(self, seg: Segment) -> None:
+        meta = seg.meta
+        try:
+            msg = decode(seg.payload, partial=seg.orig_len > len(seg.payload))
+        except DecodeError:  # its exchange still comes, with a query built from the record
+            self.notice_errors += 1
+            return
+        pkt = DnsPacket(meta, msg)
+        noticed = self._noticed
+        key = (meta.netns, meta.transport, meta.src, meta.sport, msg.id)
+        noticed.pop(key, None)
+        noticed[key] = pkt
+        if len(noticed) > self.max_noticed:
+            del noticed[next(iter(noticed))]
+            self.notices_evicted += 1
+        self.notices += 1
+        self.sink.on_query(pkt, ROLE_SERVER, False)
+
+    def _noticed_query(self, key: _NoticeKey, ts_ns: int) -> DnsPacket | None:
+        """The announced packet of the server query under ``key`` sent at ``ts_ns`` (taken out)."""
+        pkt = self._noticed.pop(key, None)
+        if pkt is not None and pkt.meta.ts_ns == ts_ns:
+            return pkt
+        return None
 
     def _pair(self, seg: Segment, info: QueryInfo) -> None:
         meta = seg.meta
         self.segments += 2 + info.retransmits
         self.messages += 2
         cut = seg.orig_len > len(seg.payload)
+        role = response_role(meta.pkt_type)
+        noticed: DnsPacket | None = None
+        if role == ROLE_SERVER and self._noticed and len(seg.payload) >= 2:
+            qid = (seg.payload[0] << 8) | seg.payload[1]
+            noticed = self._noticed_query((meta.netns, meta.transport, meta.dst, meta.dport, qid), info.ts_ns)
         try:
             rmsg = decode(seg.payload, partial=cut)
-            qmsg = decode(info.msg) if info.msg else query_message(rmsg, info.flags)
+            if noticed is not None:
+                qmsg = noticed.msg
+            else:
+                qmsg = decode(info.msg) if info.msg else query_message(rmsg, info.flags)
         except DecodeError as exc:
             self.decode_errors[REASON_CAPTURE_TRUNCATED if cut else exc.reason] += 1
             self.lost_pairs += 1
+            return
+        self.kernel_paired += 1
+        if noticed is not None:
+            self.sink.on_response(
+                Exchange(noticed, DnsPacket(meta, rmsg), role, info.retransmits, 0, info.retransmit_ts_ns)
+            )
             return
         qmeta = PacketMeta(
             info.ts_ns,
@@ -166,16 +236,12 @@ class KernelPairedEngine(Engine):
             info.server_port,
             meta.ipv6,
         )
-        self.kernel_paired += 1
+        qpkt = DnsPacket(qmeta, qmsg)
+        # the tracker sees the query first, as from the user pairer (a server query whose
+        # notice was lost or evicted is tracked for the instant before its response)
+        self.sink.on_query(qpkt, role, False)
         self.sink.on_response(
-            Exchange(
-                DnsPacket(qmeta, qmsg),
-                DnsPacket(meta, rmsg),
-                response_role(meta.pkt_type),
-                info.retransmits,
-                0,
-                info.retransmit_ts_ns,
-            )
+            Exchange(qpkt, DnsPacket(meta, rmsg), role, info.retransmits, 0, info.retransmit_ts_ns)
         )
 
     def _superseded(self, seg: Segment, info: QueryInfo) -> None:
@@ -190,16 +256,34 @@ class KernelPairedEngine(Engine):
         self.kernel_unanswered += 1
         self.kernel_superseded += 1
         waited = min(self.timeout_ns, max(0, info.ts_ns - meta.ts_ns))
-        self.sink.on_unanswered(
-            Exchange(
-                DnsPacket(meta, msg),
-                None,
-                query_role(meta.pkt_type),
-                info.retransmits,
-                waited,
-                info.retransmit_ts_ns,
-            )
+        role = query_role(meta.pkt_type)
+        self._unanswered(
+            (meta.netns, meta.transport, meta.src, meta.sport, msg.id),
+            DnsPacket(meta, msg),
+            role,
+            info.retransmits,
+            waited,
+            info.retransmit_ts_ns,
         )
+
+    def _unanswered(
+        self,
+        key: _NoticeKey,
+        built: DnsPacket,
+        role: str,
+        retransmits: int,
+        waited_ns: int,
+        rts: tuple[int, ...],
+    ) -> None:
+        """Report a query unanswered: a server query as the packet its notice announced,
+        else ``built`` (after its on_query, which the tracker has not seen yet)."""
+        query: DnsPacket | None = None
+        if role == ROLE_SERVER and self._noticed:
+            query = self._noticed_query(key, built.meta.ts_ns)
+        if query is None:
+            query = built
+            self.sink.on_query(query, role, False)
+        self.sink.on_unanswered(Exchange(query, None, role, retransmits, waited_ns, rts))
 
     # -- time ---------------------------------------------------------------------------
 
@@ -209,6 +293,16 @@ class KernelPairedEngine(Engine):
         if self.capture is not None and now_ns >= self._next_scan:
             self._next_scan = now_ns + self.scan_every_ns
             self.expire_kernel(now_ns)
+            self._sweep_noticed(now_ns - self.timeout_ns - 2 * self.scan_every_ns)
+
+    def _sweep_noticed(self, before_ns: int) -> None:
+        """Drop announced packets older than ``before_ns``: their exchange record was lost
+        (ring buffer full). One rebuild, not a delete per entry from the front."""
+        noticed = self._noticed
+        if noticed and next(iter(noticed.values())).meta.ts_ns < before_ns:
+            keep = {k: p for k, p in noticed.items() if p.meta.ts_ns >= before_ns}
+            self.notices_evicted += len(noticed) - len(keep)
+            self._noticed = keep
 
     def expire_kernel(self, now_ns: int, *, everything: bool = False) -> int:
         """Report kernel-pending queries with ``now - ts >= timeout`` (all with ``everything``)."""
@@ -264,15 +358,14 @@ class KernelPairedEngine(Engine):
             return
         self.kernel_unanswered += 1
         rts = tuple(t + wall for t in (r0, r1, r2, r3)[: min(retrans, 4)])
-        self.sink.on_unanswered(
-            Exchange(
-                DnsPacket(meta, qmsg),
-                None,
-                ROLE_CLIENT if role == 0 else ROLE_SERVER,
-                retrans,
-                self.timeout_ns,
-                rts,
-            )
+        prole = ROLE_CLIENT if role == 0 else ROLE_SERVER
+        self._unanswered(
+            (netns, proto, meta.src, cport, qmsg.id),
+            DnsPacket(meta, qmsg),
+            prole,
+            retrans,
+            self.timeout_ns,
+            rts,
         )
 
     def finish(self) -> None:

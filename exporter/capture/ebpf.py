@@ -45,6 +45,7 @@ from typing import Any
 from exporter.capture.events import (
     KIND_OFFSET,
     KIND_PACKET,
+    KIND_QUERY_NOTICE,
     PENDING_KEY,
     PENDING_VAL,
     PendingKey,
@@ -85,6 +86,7 @@ COUNTER_NAMES = (
     "kernel_paired",  # responses paired in the kernel (one PAIR event each)
     "kernel_superseded",  # pending queries replaced by a new question on the same key
     "kernel_table_full",  # queries handed to user space because the pending table was full
+    "kernel_notices",  # QUERY_NOTICE records: server-side queries announced to user space
 )
 
 _CLONE_NEWNET = 0x40000000
@@ -334,14 +336,16 @@ class EbpfCapture:
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
         bpf_dir: Path | str | None = None,
         *,
-        on_paired: Callable[[int, Segment, QueryInfo], None] | None = None,
+        on_paired: Callable[[int, Segment, QueryInfo | None], None] | None = None,
         max_pending: int = 65_536,
         wall_offset_ns: int | None = None,
     ) -> None:
         """``on_paired`` turns on kernel pairing: UDP queries wait in the kernel's pending
         table, and ``on_paired(kind, segment, info)`` gets each PAIR record (``segment`` is
         the response) and SUPERSEDED record (``segment`` is the abandoned query, ``info.ts_ns``
-        the time it was superseded). Everything else still reaches ``on_segment``."""
+        the time it was superseded), and ``on_paired(KIND_QUERY_NOTICE, segment, None)`` each
+        server-side query the kernel took into its table (``segment`` is the query, its
+        payload cut at NOTICE_MAX bytes). Everything else still reaches ``on_segment``."""
         self._on_segment = on_segment
         self._on_paired = on_paired
         self.kernel_pairing = on_paired is not None
@@ -499,6 +503,8 @@ class EbpfCapture:
                 kind = buf[KIND_OFFSET]
                 if kind == KIND_PACKET:
                     on_segment(decode(buf, 0, wall))
+                elif kind == KIND_QUERY_NOTICE:
+                    on_paired(kind, decode(buf, 0, wall), None)
                 else:
                     on_paired(kind, decode(buf, 0, wall), query_info(buf, 0, wall))
             except BaseException as exc:

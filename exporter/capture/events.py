@@ -25,6 +25,8 @@ FLAG_TRUNCATED = 0x02  # fewer payload bytes captured than the packet carried
 KIND_PACKET = 0  # one packet: user space pairs it
 KIND_PAIR = 1  # a response the kernel paired with its query (KERNEL_PAIRING)
 KIND_SUPERSEDED = 2  # a pending query replaced by a new question on the same key (KERNEL_PAIRING)
+KIND_QUERY_NOTICE = 3  # a server-side query the kernel now holds: header + payload prefix (KERNEL_PAIRING)
+NOTICE_MAX = 256  # DNS_NOTICE_MAX: payload bytes a QUERY_NOTICE carries at most
 QMAX = 160  # DNS_QMAX: longest question the kernel pairs
 NOQ_RESP_MAX = 64  # DNS_NOQ_RESP_MAX: a question-less PAIR carries the query message at payload[64]
 

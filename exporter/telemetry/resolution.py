@@ -21,6 +21,13 @@ netns of the node: node-local-dns -> CoreDNS, or a lab's upstream), that server 
 joins the resolution's trace as well (its parent is already the upstream span's derived
 id), and so on down the chain.
 
+With kernel pairing (``join_late``), a client query reaches :meth:`ResolutionTracker.on_query`
+only when its exchange completes (with its own timestamp, which is what every time check
+here uses), after the server side of the same exchange in another netns was seen. A server
+span that found no client side then looks for it (a note with a parent or a search mark,
+by wire key) when it is built, on the export thread: nothing is added per query on the
+capture thread.
+
 **Search-list expansion.** A stub resolver tries ``name.<search[0]>.``, ``name.<search[1]>.``,
 ..., then ``name.`` when the name has fewer than ``ndots`` dots (and the name first,
 then the search list, when it has at least ``ndots``). Every span of such a sequence gets
@@ -398,6 +405,7 @@ class ResolutionTracker:
         grace_ns: int = DEFAULT_GRACE_NS,
         search_window_ns: int = DEFAULT_SEARCH_WINDOW_NS,
         sweep_ns: int = DEFAULT_SWEEP_NS,
+        join_late: bool = False,
     ) -> None:
         if timeout_ns <= 0:
             raise ValueError(f"timeout must be positive, got {timeout_ns} ns")
@@ -419,6 +427,8 @@ class ResolutionTracker:
         self._expect: dict[_ExpKey, _Step] = {}
         self._last: dict[_LastKey, _Step] = {}
         self._sweep_at = 0
+        # kernel pairing: client queries arrive when they complete, after their server side
+        self.join_late = join_late
 
     # --- PairSink (capture thread) ------------------------------------------------------
     def on_query(self, pkt: DnsPacket, role: str, retransmit: bool) -> None:
@@ -746,7 +756,22 @@ class ResolutionTracker:
         n = srv.note
         if n is not None and n.via is not None:
             return self._client_trace(n.via)
+        if self.join_late:
+            via = self._late_via(srv.pkt)
+            if via is not None:
+                return self._client_trace(via)
         return ids.trace_id(_pkt_key(srv.pkt))
+
+    def _late_via(self, pkt: DnsPacket) -> _Note | None:
+        """join_late: the client side (seen in another netns after it) of server query ``pkt``."""
+        q = pkt.msg.question
+        if q is None or not self._wire:
+            return None
+        m = pkt.meta
+        via = self._wire.get((m.transport, m.src, m.sport, pkt.msg.id, q.name, q.qtype, q.qclass))
+        if via is None or via.pkt.meta.netns == m.netns:
+            return None
+        return via
 
     def _server_context(self, srv: _Serving) -> SpanContext:
         return SpanContext(
@@ -781,9 +806,18 @@ class ResolutionTracker:
             return None
         with self._lock:
             note = self._notes.pop(id(q), None)
-        if note is None:
+        if note is not None and note.pkt is not q:  # cannot happen while the note holds the packet
             return None
-        if note.pkt is not q:  # cannot happen while the note holds the packet; be safe
+        if self.join_late and ex.role == ROLE_SERVER and (note is None or note.via is None):
+            via = self._late_via(q)
+            if via is not None:  # its client side came after it (kernel pairing): join it now
+                if note is None:
+                    note = _Note(q, ROLE_SERVER)
+                note.via = via
+                if via.search is not None:
+                    note.search = via.search
+                self.stats.joined += 1
+        if note is None:
             return None
         self.stats.annotated += 1
         trace = 0

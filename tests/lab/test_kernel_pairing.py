@@ -8,6 +8,11 @@ pkt_type of both packets, rcodes, answers, retransmission counts and times, unan
 timeouts, unmatched responses. Timestamps: each socket's filter stamps the packet itself,
 microseconds apart, so times are compared within ``TS_SLACK_NS`` (the largest difference
 seen is printed).
+
+What the resolution tracker is fed must match too: every query's first sighting reaches
+``on_query`` in both modes (in kernel mode from the QUERY_NOTICE records of server-side
+queries, and just before the exchange for client-side ones), and every exchange's query
+is the very packet object ``on_query`` got.
 """
 
 from __future__ import annotations
@@ -35,15 +40,26 @@ class Recorder:
 
     exchanges: list[dict[str, Any]] = field(default_factory=list)
     unmatched: list[tuple[Any, ...]] = field(default_factory=list)
+    queries: list[tuple[Any, ...]] = field(default_factory=list)  # first sightings: key
+    announced: dict[int, DnsPacket] = field(default_factory=dict)  # id -> packet given to on_query
 
     def on_query(self, pkt: DnsPacket, role: str, retransmit: bool) -> None:
-        pass
+        if retransmit:
+            return
+        m, q = pkt.meta, pkt.msg.question
+        self.queries.append((role, m.netns, m.transport, m.src, m.sport, pkt.msg.id, q.name if q else None))
+        self.announced[id(pkt)] = pkt
+
+    def _exchange(self, ex: Exchange) -> None:
+        d = describe(ex)
+        d["announced"] = ex.query is not None and self.announced.pop(id(ex.query), None) is ex.query
+        self.exchanges.append(d)
 
     def on_response(self, ex: Exchange) -> None:
-        self.exchanges.append(describe(ex))
+        self._exchange(ex)
 
     def on_unanswered(self, ex: Exchange) -> None:
-        self.exchanges.append(describe(ex))
+        self._exchange(ex)
 
     def on_unmatched(self, pkt: DnsPacket, role: str) -> None:
         m, q = pkt.meta, pkt.msg.question
@@ -128,6 +144,8 @@ class Pair:
         for rec in (self.urec, self.krec):
             rec.exchanges.clear()
             rec.unmatched.clear()
+            rec.queries.clear()
+            rec.announced.clear()
 
     def close(self) -> None:
         self.ucap.close()
@@ -178,6 +196,10 @@ def run_and_compare(pair: Pair, traffic: Callable[[], None], *, wait: float = 1.
         for x, y in zip(a["retransmit_ts"][:4], b["retransmit_ts"], strict=True):
             assert abs(x - y) <= TS_SLACK_NS
     assert sorted(pair.krec.unmatched, key=repr) == sorted(pair.urec.unmatched, key=repr)
+    # the tracker's view: the same first sightings, and each exchange carries the packet it saw
+    assert sorted(pair.krec.queries, key=repr) == sorted(pair.urec.queries, key=repr)
+    assert all(d["announced"] for d in u), [d for d in u if not d["announced"]]
+    assert all(d["announced"] for d in k), [d for d in k if not d["announced"]]
     us, ks = pair.uengine.pairing_stats(), pair.kengine.pairing_stats()
     assert ks.pending == 0, ks
     assert us.pending == 0, us
@@ -310,6 +332,7 @@ def test_scripted_exchanges(env: tuple[Lab, Any, Pair], family: str) -> None:
     assert len(pair.urec.unmatched) == 2 * 3  # other.test., t.test. A, orphan.test.; both roles
     k = pair.kcap.counters()
     assert k["kernel_paired"] > 0 and k["kernel_retransmits"] > 0 and k["kernel_superseded"] > 0, k
+    assert k["kernel_notices"] > 0, k
 
 
 def test_kernel_pending_table_full_falls_back_to_user_space(env: tuple[Lab, Any, Pair]) -> None:

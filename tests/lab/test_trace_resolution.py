@@ -13,6 +13,10 @@ unbound forward to the scriptable upstream (``tests/lab/upstream.py``). Checked:
 * getaddrinfo in a client whose resolv.conf has ``ndots:5`` and three search domains: every
   try carries its ``dns.search_expansion.index`` and the original name;
 * a truncated UDP answer and the client's TCP retry: events and the link between them.
+
+Every test runs with user-space pairing and with kernel pairing (``DNSOTEL_PAIRING``): in
+kernel mode the tracker learns a resolver's pending queries from the kernel's QUERY_NOTICE
+records and sees client queries when their exchanges complete.
 """
 
 from __future__ import annotations
@@ -73,8 +77,14 @@ def setup(lab: Lab) -> Iterator[Setup]:
     dnsmasq.stop()
 
 
+@pytest.fixture(scope="module", params=["user", "kernel"])
+def pairing(request: pytest.FixtureRequest) -> str:
+    mode: str = request.param
+    return mode
+
+
 @pytest.fixture(scope="module")
-def rx() -> Iterator[OtlpReceiver]:
+def rx(pairing: str) -> Iterator[OtlpReceiver]:
     with OtlpReceiver() as r:
         yield r
 
@@ -102,11 +112,15 @@ def wait_capturing(
 
 
 @pytest.fixture(scope="module")
-def exporter(setup: Setup, rx: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsotel]:
+def exporter(
+    setup: Setup, rx: OtlpReceiver, pairing: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Dnsotel]:
     lab = setup.lab
     paths = [netns_path(n) for n in (lab.client.name, lab.resolver.name, setup.search.name)]
-    with running(tmp_path_factory.mktemp("dnsotel"), paths, otlp_env(rx, **ENV)) as proc:
+    env = otlp_env(rx, DNSOTEL_PAIRING=pairing, **ENV)
+    with running(tmp_path_factory.mktemp("dnsotel"), paths, env) as proc:
         wait_capturing(setup, rx, proc, lab.client)
+        assert f'"pairing": "{pairing}"' in proc.stderr(), proc.stderr()[-3000:]
         yield proc
 
 
@@ -195,12 +209,12 @@ def test_client_resolver_upstream_one_trace_then_cached(
 
 
 def test_two_exporters_on_two_nodes_give_the_same_trace(
-    setup: Setup, tmp_path_factory: pytest.TempPathFactory
+    setup: Setup, pairing: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     lab = setup.lab
     with OtlpReceiver() as rx2:
         tmp = tmp_path_factory.mktemp("two-nodes")
-        env = otlp_env(rx2, **ENV)
+        env = otlp_env(rx2, DNSOTEL_PAIRING=pairing, **ENV)
         with (
             running(tmp, [netns_path(lab.client.name)], env) as node_a,
             running(tmp, [netns_path(lab.resolver.name)], env) as node_b,

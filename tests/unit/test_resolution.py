@@ -9,8 +9,9 @@ trace ids, parent span ids, kinds, attributes, events and links.
 from __future__ import annotations
 
 import os
+import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,17 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
+from exporter.capture.events import (
+    KIND_PAIR,
+    KIND_QUERY_NOTICE,
+    KIND_SUPERSEDED,
+    PENDING_KEY,
+    PENDING_VAL,
+    QMAX,
+    QueryInfo,
+)
 from exporter.enrich import PlainEnricher
+from exporter.kpairing import KernelPairedEngine
 from exporter.pairing import Pairer
 from exporter.records import (
     IPPROTO_TCP,
@@ -29,6 +40,8 @@ from exporter.records import (
     ROLE_SERVER,
     DnsPacket,
     Exchange,
+    PairSink,
+    Segment,
 )
 from exporter.telemetry import ids
 from exporter.telemetry import semconv as sc
@@ -103,9 +116,138 @@ class Node:
         return sorted(self.mem.spans, key=lambda s: s.start_time or 0)
 
 
+# raw wire bytes of every packet the tests build (id(packet) -> (packet, bytes)), for KernelNode
+RAW: dict[int, tuple[DnsPacket, bytes]] = {}
+_TableKey = tuple[int, str, str, int, int]  # netns, role, client address, client port, DNS id
+
+
+def _raw16(addr: str) -> bytes:
+    if ":" in addr:
+        return socket.inet_pton(socket.AF_INET6, addr)
+    return socket.inet_pton(socket.AF_INET, addr) + bytes(12)
+
+
+def _question_len(wire: bytes) -> tuple[int, int]:
+    """(question bytes, name bytes) of the first question of ``wire``."""
+    off = 12
+    while wire[off]:
+        off += wire[off] + 1
+    namelen = off + 1 - 12
+    return namelen + 4, namelen
+
+
+class _Pending:
+    def __init__(self, pkt: DnsPacket, raw: bytes) -> None:
+        self.pkt, self.raw = pkt, raw
+        self.rts: list[int] = []
+
+
+class _FakeCapture:
+    """What KernelPairedEngine.expire_kernel uses of EbpfCapture: the kernel table as bytes."""
+
+    wall_offset_ns = 0
+
+    def __init__(self, table: dict[_TableKey, _Pending]) -> None:
+        self.table = table
+        self.by_key: dict[bytes, _TableKey] = {}
+
+    def _val(self, p: _Pending) -> bytes:
+        m, raw = p.pkt.meta, p.raw
+        qlen, namelen = _question_len(raw)
+        msg = raw[:4] + b"\x00\x01" + bytes(6) + raw[12 : 12 + qlen]
+        rts = [*p.rts, 0, 0, 0, 0][:4]
+        ipver = 6 if m.ipv6 else 4
+        return PENDING_VAL.pack(
+            m.ts_ns, *rts, _raw16(m.dst), len(p.rts), m.ifindex, m.dport, qlen, namelen, m.pkt_type, ipver,
+            msg.ljust(12 + QMAX, b"\x00"),
+        )  # fmt: skip
+
+    def pending_entries(self) -> list[tuple[bytes, bytes]]:
+        out = []
+        for k, p in self.table.items():
+            netns, role, src, sport, qid = k
+            key = PENDING_KEY.pack(
+                netns, qid, sport, _raw16(src), 0 if role == ROLE_CLIENT else 1, IPPROTO_UDP
+            )
+            self.by_key[key] = k
+            out.append((key, self._val(p)))
+        return out
+
+    def take_pending(self, key: bytes) -> bytes | None:
+        p = self.table.pop(self.by_key[key], None)
+        return None if p is None else self._val(p)
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+
+class KernelNode(Node):
+    """The same exporter with kernel pairing: a model of bpf/dns.bpf.c's kpair() turns the
+    packets into the records KernelPairedEngine gets (QUERY_NOTICE for server-side queries,
+    PAIR, SUPERSEDED; unanswered ones expire through a fake kernel table). TCP and responses
+    the model does not pair go to the engine's user-space pairer, as PACKET records would."""
+
+    def __init__(self, proc_root: str | None = None, *, also: Sequence[PairSink] = (), **kw: object) -> None:
+        super().__init__(proc_root, **kw)
+        self.engine = KernelPairedEngine([*also, self.sink], timeout_ns=self.tracker.timeout_ns)
+        self.table: dict[_TableKey, _Pending] = {}
+        self.engine.capture = _FakeCapture(self.table)  # type: ignore[assignment]
+        self.pairer = self.engine.pairer
+
+    def feed(self, *pkts: DnsPacket) -> None:
+        eng = self.engine
+        for p in sorted(pkts, key=lambda p: p.meta.ts_ns):
+            raw = RAW[id(p)][1]
+            m = p.meta
+            seg = Segment(m, raw, len(raw))
+            if m.transport != IPPROTO_UDP:
+                eng.pairer.feed(p)
+            elif not raw[2] & 0x80:  # query
+                role = ROLE_CLIENT if m.pkt_type == PACKET_OUTGOING else ROLE_SERVER
+                key = (m.netns, role, m.src, m.sport, p.msg.id)
+                old = self.table.get(key)
+                if old is not None and old.pkt.msg.question == p.msg.question:
+                    old.rts.append(m.ts_ns)
+                    continue
+                self.table[key] = _Pending(p, raw)
+                if old is not None:
+                    info = QueryInfo(m.ts_ns, len(old.rts), tuple(old.rts[:4]), "", 0, 0, 0, 0, b"")
+                    eng.on_paired(KIND_SUPERSEDED, Segment(old.pkt.meta, old.raw, len(old.raw)), info)
+                if role == ROLE_SERVER:
+                    eng.on_paired(KIND_QUERY_NOTICE, seg, None)
+            else:
+                role = ROLE_SERVER if m.pkt_type == PACKET_OUTGOING else ROLE_CLIENT
+                key = (m.netns, role, m.dst, m.dport, p.msg.id)
+                q = self.table.get(key)
+                if q is None or q.pkt.msg.question != p.msg.question:
+                    eng.pairer.feed(p)
+                    continue
+                del self.table[key]
+                qm = q.pkt.meta
+                flags = (q.raw[2] << 8) | q.raw[3]
+                rts = tuple(q.rts[:4])
+                info = QueryInfo(
+                    qm.ts_ns, len(q.rts), rts, qm.dst, qm.ifindex, qm.dport, flags, qm.pkt_type, b""
+                )
+                eng.on_paired(KIND_PAIR, seg, info)
+
+    def spans(self) -> list[ReadableSpan]:
+        self.engine.finish()
+        return super().spans()
+
+
+MakeNode = Callable[..., Node]
+
+
+@pytest.fixture(params=["user", "kernel"])
+def make_node(request: pytest.FixtureRequest) -> MakeNode:
+    """Node (user-space pairing) or KernelNode (kernel pairing): both must give the same spans."""
+    return Node if request.param == "user" else KernelNode
+
+
 @pytest.fixture
-def node() -> Iterator[Node]:
-    n = Node()
+def node(make_node: MakeNode) -> Iterator[Node]:
+    n = make_node()
     yield n
     n.sink.shutdown(1.0)
 
@@ -136,7 +278,10 @@ class Wire:
         src, dst = (self.server, self.client) if reply else (self.client, self.server)
         pkt_type = PACKET_OUTGOING if sent else PACKET_HOST
         m = dnsmsg.meta(T0 + int(ts_ms * MS), netns, pkt_type, src, dst, self.transport)
-        return dnsmsg.packet(m, self.rwire if reply else self.qwire)
+        raw = self.rwire if reply else self.qwire
+        pkt = dnsmsg.packet(m, raw)
+        RAW[id(pkt)] = (pkt, raw)
+        return pkt
 
     def query(self, ts_ms: float, netns: int, *, sent: bool) -> DnsPacket:
         """The query seen leaving (``sent``: the client's netns) or arriving (the server's)."""
@@ -236,10 +381,10 @@ def test_cached_answer_has_no_child(node: Node) -> None:
     assert parent_sid(cached[1]) == sid(cached[0])
 
 
-def test_two_exporters_on_two_nodes_agree_on_trace_and_parents() -> None:
+def test_two_exporters_on_two_nodes_agree_on_trace_and_parents(make_node: MakeNode) -> None:
     pod, up = resolution()
     pkts = resolution_packets(pod, up)
-    a, b = Node(), Node()
+    a, b = make_node(), make_node()
     a.feed(*[p for p in pkts if p.meta.netns == POD_NS])
     b.feed(*[p for p in pkts if p.meta.netns == RES_NS])
     (client,) = a.spans()
@@ -266,8 +411,8 @@ def test_upstream_query_for_another_question_or_netns_is_its_own_trace(node: Nod
     assert all(s.parent is None for s in ups)
 
 
-def test_answered_or_expired_server_query_is_no_parent() -> None:
-    node = Node(timeout_ns=100 * MS)
+def test_answered_or_expired_server_query_is_no_parent(make_node: MakeNode) -> None:
+    node = make_node(timeout_ns=100 * MS)
     pod, _ = resolution()
     late = Wire(NAME, qid=0x5555, client=(RES_UP, 6000), server=(UPSTREAM, 53))
     node.feed(*pod.server_side(0.0, 5.0, RES_NS), *late.client_side(10.0, 12.0, RES_NS))
@@ -365,16 +510,16 @@ def marks(spans: list[ReadableSpan]) -> list[tuple[str, object, object]]:
 EXPECTED_MARKS = [(NAME + s + ".", i, NAME) for i, s in enumerate(SEARCH)] + [(NAME, 3, NAME)]
 
 
-def test_search_expansion_from_resolv_conf(tmp_path: Path) -> None:
-    node = Node(fake_proc(tmp_path, {1: (999, None), 77: (POD_NS, K8S_RESOLV)}))
+def test_search_expansion_from_resolv_conf(tmp_path: Path, make_node: MakeNode) -> None:
+    node = make_node(fake_proc(tmp_path, {1: (999, None), 77: (POD_NS, K8S_RESOLV)}))
     feed_sequence(node, search_sequence())
     spans = node.spans()
     assert marks(spans) == EXPECTED_MARKS
     assert spans[-1].attributes is not None and spans[-1].attributes[sc.DNS_RESPONSE_CODE] == "NOERROR"
 
 
-def test_search_expansion_marks_the_resolver_side_too(tmp_path: Path) -> None:
-    node = Node(fake_proc(tmp_path, {77: (POD_NS, K8S_RESOLV)}))
+def test_search_expansion_marks_the_resolver_side_too(tmp_path: Path, make_node: MakeNode) -> None:
+    node = make_node(fake_proc(tmp_path, {77: (POD_NS, K8S_RESOLV)}))
     feed_sequence(node, search_sequence(), server_ns=RES_NS)
     spans = node.spans()
     servers = [s for s in spans if s.kind == SpanKind.SERVER]
@@ -398,9 +543,11 @@ def test_search_expansion_heuristic_on_a_resolver_that_does_not_see_the_client(n
     assert marks(node.spans()) == EXPECTED_MARKS
 
 
-def test_search_expansion_parallel_a_and_aaaa_are_separate_sequences(tmp_path: Path) -> None:
+def test_search_expansion_parallel_a_and_aaaa_are_separate_sequences(
+    tmp_path: Path, make_node: MakeNode
+) -> None:
     for proc in (fake_proc(tmp_path, {77: (POD_NS, K8S_RESOLV)}), None):
-        node = Node(proc)
+        node = make_node(proc)
         a, aaaa = search_sequence(qtype="A"), search_sequence(qtype="AAAA")
         pkts: list[DnsPacket] = []
         for i, (w4, w6) in enumerate(zip(a, aaaa, strict=True)):
@@ -412,8 +559,8 @@ def test_search_expansion_parallel_a_and_aaaa_are_separate_sequences(tmp_path: P
             assert marks([s for s in spans if s.name == f"DNS {qtype}"]) == EXPECTED_MARKS
 
 
-def test_name_with_ndots_dots_is_tried_as_is_first(tmp_path: Path) -> None:
-    node = Node(fake_proc(tmp_path, {77: (POD_NS, K8S_RESOLV)}))
+def test_name_with_ndots_dots_is_tried_as_is_first(tmp_path: Path, make_node: MakeNode) -> None:
+    node = make_node(fake_proc(tmp_path, {77: (POD_NS, K8S_RESOLV)}))
     name = "a.b.c.d.e.nx.lab."  # 6 dots >= ndots:5: as is first, then the search list
     names = [name] + [name + s + "." for s in SEARCH]
     wires = [
@@ -423,9 +570,9 @@ def test_name_with_ndots_dots_is_tried_as_is_first(tmp_path: Path) -> None:
     assert marks(node.spans()) == [(n, i, name) for i, n in enumerate(names)]
 
 
-def test_answered_fqdn_and_unrelated_queries_are_not_marked(tmp_path: Path) -> None:
+def test_answered_fqdn_and_unrelated_queries_are_not_marked(tmp_path: Path, make_node: MakeNode) -> None:
     for proc in (fake_proc(tmp_path / "p", {77: (POD_NS, K8S_RESOLV)}), None):
-        node = Node(proc)
+        node = make_node(proc)
         wires = [
             Wire("a.b.c.d.e.ok.lab.", qid=1, client=(POD, 40000), server=(RES, 53)),  # >= ndots, answered
             Wire("foo.nx.lab.", qid=2, client=(POD, 40000), server=(RES, 53), rcode=3),  # trailing dot, NX
@@ -436,14 +583,14 @@ def test_answered_fqdn_and_unrelated_queries_are_not_marked(tmp_path: Path) -> N
         assert all(m[1] is None and m[2] is None for m in marks(node.spans())), marks(node.spans())
 
 
-def test_known_empty_search_list_disables_the_heuristic(tmp_path: Path) -> None:
-    node = Node(fake_proc(tmp_path, {77: (POD_NS, "nameserver 198.18.1.1\n")}))
+def test_known_empty_search_list_disables_the_heuristic(tmp_path: Path, make_node: MakeNode) -> None:
+    node = make_node(fake_proc(tmp_path, {77: (POD_NS, "nameserver 198.18.1.1\n")}))
     feed_sequence(node, search_sequence())
     assert all(m[1] is None for m in marks(node.spans()))
 
 
-def test_resolver_upstream_queries_are_not_search_tries(tmp_path: Path) -> None:
-    node = Node(fake_proc(tmp_path, {50: (RES_NS, K8S_RESOLV)}))  # the resolver's own resolv.conf
+def test_resolver_upstream_queries_are_not_search_tries(tmp_path: Path, make_node: MakeNode) -> None:
+    node = make_node(fake_proc(tmp_path, {50: (RES_NS, K8S_RESOLV)}))  # the resolver's own resolv.conf
     pod = Wire(NAME + SEARCH[0] + ".", qid=1, client=(POD, 40000), server=(RES, 53), rcode=3)
     up = Wire(NAME + SEARCH[0] + ".", qid=2, client=(RES_UP, 5555), server=(UPSTREAM, 53), rcode=3)
     node.feed(*pod.server_side(0.0, 2.0, RES_NS), *up.client_side(0.1, 1.9, RES_NS))
@@ -590,9 +737,11 @@ def test_span_delay_from_env() -> None:
     assert span_delay_s_from_env({"OTEL_BSP_SCHEDULE_DELAY": "x"}) == 1.0
 
 
-def test_resolv_conf_loaded_after_the_first_try_still_marks_the_sequence(tmp_path: Path) -> None:
+def test_resolv_conf_loaded_after_the_first_try_still_marks_the_sequence(
+    tmp_path: Path, make_node: MakeNode
+) -> None:
     """The background reader may answer between the first try and its NXDOMAIN."""
-    node = Node()
+    node = make_node()
     reader = ResolvConfReader(fake_proc(tmp_path, {77: (POD_NS, K8S_RESOLV)}), background=False)
     wires = search_sequence()
     first = wires[0]
@@ -604,3 +753,97 @@ def test_resolv_conf_loaded_after_the_first_try_still_marks_the_sequence(tmp_pat
         pkts += w.client_side(i * 2.0, i * 2.0 + 1.0, POD_NS)
     node.feed(*pkts)
     assert marks(node.spans()) == EXPECTED_MARKS
+
+
+# --- kernel pairing: QUERY_NOTICE records and packet identity ----------------------------------
+class Recorder:
+    """A PairSink that logs what the engine calls, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, DnsPacket | None, str]] = []
+        self.exchanges: list[Exchange] = []
+
+    def on_query(self, pkt: DnsPacket, role: str, retransmit: bool) -> None:
+        assert not retransmit
+        self.calls.append(("query", pkt, role))
+
+    def on_response(self, ex: Exchange) -> None:
+        self.calls.append(("response", ex.query, ex.role))
+        self.exchanges.append(ex)
+
+    def on_unanswered(self, ex: Exchange) -> None:
+        self.calls.append(("unanswered", ex.query, ex.role))
+        self.exchanges.append(ex)
+
+    def on_unmatched(self, pkt: DnsPacket, role: str) -> None:
+        self.calls.append(("unmatched", pkt, role))
+
+
+def _name(pkt: DnsPacket | None) -> tuple[str, int]:
+    assert pkt is not None and pkt.msg.question is not None
+    return pkt.msg.question.name, pkt.meta.netns
+
+
+def test_kernel_pairing_notices_server_queries_and_reuses_the_packet() -> None:
+    rec = Recorder()
+    node = KernelNode(also=[rec])
+    pod, up = resolution()
+    node.feed(*resolution_packets(pod, up))
+    spans = node.spans()
+    # server query announced when it arrives; client queries just before their exchanges
+    assert [(c[0], c[2], c[1].meta.sport if c[1] else 0) for c in rec.calls] == [
+        ("query", ROLE_SERVER, 40000),  # the notice (pod -> resolver, in the resolver's netns)
+        ("query", ROLE_CLIENT, 5555),  # upstream, at its completion, with its own timestamp
+        ("response", ROLE_CLIENT, 5555),
+        ("response", ROLE_SERVER, 40000),
+        ("query", ROLE_CLIENT, 40000),
+        ("response", ROLE_CLIENT, 40000),
+    ]
+    assert rec.calls[3][1] is rec.calls[0][1]  # the exchange carries the announced packet
+    assert rec.calls[2][1] is rec.calls[1][1]
+    assert rec.calls[1][1] is not None and rec.calls[1][1].meta.ts_ns == T0 + int(0.3 * MS)
+    assert node.engine.notices == 1 and node.engine.kernel_paired == 3 and not node.engine._noticed
+    assert node.tracker.stats.upstream_children == 1
+    assert node.tracker.table_sizes()["serving"] == 0 and node.tracker.table_sizes()["inflight"] == 0
+    assert len(spans) == 3
+
+
+def test_kernel_pairing_unanswered_and_superseded_server_queries_keep_identity() -> None:
+    rec = Recorder()
+    node = KernelNode(also=[rec])
+    lost = Wire("lost.ok.lab.", qid=7, client=(POD, 41000), server=(RES, 53))
+    first = Wire("first.ok.lab.", qid=8, client=(POD, 41001), server=(RES, 53))
+    second = Wire("second.ok.lab.", qid=8, client=(POD, 41001), server=(RES, 53))
+    node.feed(
+        lost.query(0.0, RES_NS, sent=False),
+        first.query(1.0, RES_NS, sent=False),
+        *second.server_side(2.0, 3.0, RES_NS),  # same key, new question: first is superseded
+    )
+    node.spans()  # expires the kernel table
+    notices = [c[1] for c in rec.calls if c[0] == "query"]
+    assert [_name(p)[0] for p in notices] == ["lost.ok.lab.", "first.ok.lab.", "second.ok.lab."]
+    done = {_name(ex.query)[0]: ex for ex in rec.exchanges}
+    assert done["first.ok.lab."].query is notices[1] and done["first.ok.lab."].response is None
+    assert done["second.ok.lab."].query is notices[2] and done["second.ok.lab."].response is not None
+    assert done["lost.ok.lab."].query is notices[0] and done["lost.ok.lab."].response is None
+    assert node.engine.kernel_superseded == 1 and node.engine.kernel_unanswered == 2
+    assert not node.engine._noticed
+    assert node.tracker.table_sizes()["serving"] == 0  # every pending server query was matched
+
+
+def test_kernel_pairing_notice_table_is_bounded() -> None:
+    rec = Recorder()
+    node = KernelNode(also=[rec])
+    node.engine.max_noticed = 2
+    wires = [Wire(f"b{i}.ok.lab.", qid=i, client=(POD, 42000 + i), server=(RES, 53)) for i in range(3)]
+    node.feed(*[w.query(float(i), RES_NS, sent=False) for i, w in enumerate(wires)])
+    assert node.engine.notices_evicted == 1 and len(node.engine._noticed) == 2
+    node.feed(*[w.response(10.0 + i, RES_NS, sent=True) for i, w in enumerate(wires)])
+    # the evicted one is rebuilt from the PAIR record and announced just before its response
+    assert [(c[0], _name(c[1])[0]) for c in rec.calls[3:5]] == [
+        ("query", "b0.ok.lab."),
+        ("response", "b0.ok.lab."),
+    ]
+    assert rec.calls[3][1] is rec.calls[4][1] and rec.calls[3][1] is not rec.calls[0][1]
+    assert [c[1] for c in rec.calls[5:]] == [rec.calls[1][1], rec.calls[2][1]]
+    assert not node.engine._noticed
