@@ -380,12 +380,28 @@ def _plausible_next(suf_prev: str, suf_cur: str) -> bool:
 _K = TypeVar("_K")
 
 
-def _expire_steps(table: dict[_K, _Step], before: int) -> None:
+_V = TypeVar("_V")
+
+
+def _expire_front(table: dict[_K, _V], ts_of: Callable[[_V], int], before: int) -> None:
+    """Drop entries from the front of an insertion-ordered table while their time is <= ``before``."""
     while table:
         k = next(iter(table))
-        if table[k].ts > before:
+        if ts_of(table[k]) > before:
             return
         del table[k]
+
+
+def _step_ts(step: _Step) -> int:
+    return step.ts
+
+
+def _query_ts(entry: _Note) -> int:
+    return entry.pkt.meta.ts_ns
+
+
+def _truncated_ts(entry: _Truncated) -> int:
+    return entry.ts
 
 
 class ResolutionTracker:
@@ -703,34 +719,13 @@ class ResolutionTracker:
             if lst:
                 break
             del serving[qk]
-        inflight = self._inflight
-        while inflight:
-            qk = next(iter(inflight))
-            if inflight[qk].pkt.meta.ts_ns + timeout > now:
-                break
-            del inflight[qk]
-        notes = self._notes
-        keep = timeout + self.grace_ns
+        _expire_front(self._inflight, _query_ts, now - timeout)
         with self._lock:
-            while notes:
-                k = next(iter(notes))
-                if notes[k].pkt.meta.ts_ns + keep > now:
-                    break
-                del notes[k]
-        wire = self._wire
-        while wire:
-            wk = next(iter(wire))
-            if wire[wk].pkt.meta.ts_ns + timeout > now:
-                break
-            del wire[wk]
-        tc = self._tc
-        while tc:
-            tk = next(iter(tc))
-            if tc[tk].ts + timeout > now:
-                break
-            del tc[tk]
-        _expire_steps(self._expect, now - self.search_window_ns)
-        _expire_steps(self._last, now - self.search_window_ns)
+            _expire_front(self._notes, _query_ts, now - timeout - self.grace_ns)
+        _expire_front(self._wire, _query_ts, now - timeout)
+        _expire_front(self._tc, _truncated_ts, now - timeout)
+        _expire_front(self._expect, _step_ts, now - self.search_window_ns)
+        _expire_front(self._last, _step_ts, now - self.search_window_ns)
 
     def table_sizes(self) -> dict[str, int]:
         """Entries per table (for tests and debugging)."""
