@@ -239,16 +239,14 @@ class Context:
 def _run_pcap(path: str, settings: Settings, sinks: Sequence[object], err: TextIO) -> int:
     from exporter.capture.pcap import CaptureReader, PcapError
     from exporter.live import LiveHealth, bind_health
-    from exporter.pipeline import Engine
+    from exporter.pipeline import Engine, sink_hooks
 
     engine = Engine(sinks, timeout_ns=settings.timeout_ns, max_pending=settings.max_pending)  # type: ignore[arg-type]
     bind_health(sinks, LiveHealth(engine))
     try:
         reader = CaptureReader(path, ports=settings.ports)
-        for sink in sinks:  # a file is read at full speed: let the table hold its output
-            hold = getattr(sink, "flush_pending", None)
-            if callable(hold):
-                hold()
+        for hold in sink_hooks(sinks, "flush_pending"):  # a file is read at full speed: let the table hold
+            hold()
         for seg in reader:
             engine.on_segment(seg)
     except PcapError as exc:
@@ -258,10 +256,8 @@ def _run_pcap(path: str, settings: Settings, sinks: Sequence[object], err: TextI
     except OSError as exc:
         raise StartupError(f"cannot read {path}: {exc.strerror or exc}") from None
     engine.finish()
-    for sink in sinks:
-        close = getattr(sink, "close", None)
-        if callable(close):
-            close()
+    for close in sink_hooks(sinks, "close"):
+        close()
     st = engine.pairer.stats
     print(
         f"dnsotel: {engine.messages} DNS messages, {st.paired} pairs, {st.unanswered} unanswered, "

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
 from exporter.config import Settings
-from exporter.pipeline import Engine
+from exporter.pipeline import Engine, sink_hooks
 
 if TYPE_CHECKING:
     from exporter.capture.ebpf import EbpfCapture
@@ -166,12 +166,10 @@ def run_live(
                 + ", ".join(settings.netns_paths)
                 + " (check they exist, e.g. ip netns list)"
             )
-        for sink in sinks:
-            header = getattr(sink, "write_header", None)
-            if header is not None:
-                header()
+        for write_header in sink_hooks(sinks, "write_header"):
+            write_header()
         # sinks that may hold output (the table on a pipe or file) flush it when capture is idle
-        idle_flushes = [f for f in (getattr(s, "flush_pending", None) for s in sinks) if callable(f)]
+        idle_flushes = sink_hooks(sinks, "flush_pending")
         if on_ready is not None:
             on_ready(health)
         next_advance = 0
@@ -186,10 +184,8 @@ def run_live(
                 watcher.tick()
         # drain what the kernel already handed over before stopping
         capture.poll(0)
-        for sink in sinks:
-            close = getattr(sink, "close", None)
-            if callable(close):
-                close()
+        for close in sink_hooks(sinks, "close"):
+            close()
     finally:
         health.lost_at_close = capture.lost()
         health.attached_at_close = len(capture.attached)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from exporter.capture.tcp import TcpReassembler
 from exporter.dns import DecodeError, decode
@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 # A message the capture cut short (snaplen) is still decoded as far as it goes; this
 # is the decode-error reason counted when even the header or question is missing.
 REASON_CAPTURE_TRUNCATED = "capture_truncated"
+
+
+def sink_hooks(sinks: Sequence[object], name: str) -> list[Callable[[], None]]:
+    """The no-argument ``name`` method (``write_header``, ``flush_pending``, ``close``) of each
+    sink that has one: only the table has them, the telemetry sink does not."""
+    return [f for f in (getattr(s, name, None) for s in sinks) if callable(f)]
 
 
 class FanOut:
