@@ -20,7 +20,6 @@ from exporter.pipeline import Engine, sink_hooks
 
 if TYPE_CHECKING:
     from exporter.capture.ebpf import EbpfCapture
-    from exporter.netns import NetnsWatcher
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,6 @@ class LiveHealth:
 
     engine: Engine
     capture: EbpfCapture | None = None
-    watcher: NetnsWatcher | None = None
     # the capture's last values, kept when it closes: the final metric export (at shutdown)
     # runs after the capture is closed, when its kernel counters can no longer be read
     lost_at_close: int | None = None
@@ -140,7 +138,6 @@ def run_live(
         include_host=settings.include_host,
         only=list(settings.netns_paths) or None,
     )
-    health.watcher = watcher
     discover_all = watcher.wanted
     if netns_filter is not None:
         # capture only in the namespaces the pod selectors keep (re-decided at every rescan)
