@@ -17,6 +17,9 @@
  *   -DRINGBUF_PAGES=2048  ring buffer size in pages (power of 2)
  *   -DKERNEL_PAIRING      pair UDP queries with their responses here (see kpair() below)
  *   -DMAX_PENDING=65536   entries of the pending-query table (KERNEL_PAIRING)
+ *   -DKERNEL_AGG -DAGG_SLOW_NS=N -DAGG_BUCKET_INDEX(l)=...
+ *                         with KERNEL_PAIRING: count ordinary exchanges in the "agg" map
+ *                         instead of writing them to the ring buffer (agg_ordinary())
  *
  * Offsets: for a SOCK_RAW packet socket the kernel runs the filter with skb->data at the
  * MAC header when the device has one (Ethernet, veth, loopback), and at the network
@@ -36,6 +39,12 @@
 #endif
 #ifndef MAX_PENDING
 #define MAX_PENDING 65536
+#endif
+#ifndef AGG_MAX
+#define AGG_MAX 4096
+#endif
+#if defined(KERNEL_AGG) && (!defined(KERNEL_PAIRING) || !defined(AGG_SLOW_NS) || !defined(AGG_BUCKET_INDEX))
+#error "KERNEL_AGG needs KERNEL_PAIRING, AGG_SLOW_NS and AGG_BUCKET_INDEX"
 #endif
 #if MAX_PAYLOAD < 1 || MAX_PAYLOAD > 4096
 #error "MAX_PAYLOAD must be 1..4096"
@@ -68,8 +77,9 @@
 #define CNT_KPAIRED 7     /* responses paired here: one PAIR event each */
 #define CNT_KSUPERSEDED 8 /* pending queries replaced by a new question on the same key */
 #define CNT_KFULL 9       /* queries sent to user space because the pending table was full */
-#define CNT_KNOTICES 10   /* QUERY_NOTICE records written (server-side first sightings) */
-#define CNT_MAX 11
+#define CNT_KNOTICES 10   /* QUERY_NOTICE records written (server queries with an upstream query) */
+#define CNT_KAGG 11       /* exchanges counted in the agg map, no record (KERNEL_AGG) */
+#define CNT_MAX 12
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
@@ -212,6 +222,149 @@ static __always_inline int same_question(const u8 *a, const u8 *b)
 	return diff == 0;
 }
 
+/* The resolver side of a resolution. "serving" maps (netns, normalized question) to the
+ * earliest pending server-side query for it (a stale entry -- its query answered or gone --
+ * is replaced by the next server query). A server query is announced to user space with a
+ * QUERY_NOTICE when the resolver sends a query for its question in the same netns (its
+ * upstream query), or when a second server query for the question arrives while it is
+ * pending (a resolver coalescing identical queries: the second one is announced too).
+ * Announced queries are "noticed": their exchanges always reach user space, so the
+ * resolution tracker sees each one from query to end. A cache hit, answered before the
+ * next query for its question, announces nothing. LRU: entries of queries that were never
+ * answered age out. */
+struct serving_key {
+	u32 netns;
+	u8 q[QCMP];
+};
+struct serving_val {
+	struct pending_key pk;
+};
+BPF_F_TABLE("lru_hash", struct serving_key, struct serving_val, serving, MAX_PENDING, 0);
+BPF_PERCPU_ARRAY(sscratch, struct serving_key, 1);
+
+/* The pending server query s names, when it is still pending with question q (qlen bytes). */
+static __always_inline struct pending_val *serving_query(struct serving_val *s, const u8 *q, u32 ql)
+{
+	struct pending_val *p = pending.lookup(&s->pk);
+	if (p && p->qlen == ql && same_question(&p->msg[12], q))
+		return p;
+	return 0;
+}
+
+/* ev as the QUERY_NOTICE of the pending server query (pk, p): its time, addresses, header
+ * and normalized question. Overwrites ev. */
+static __always_inline void notice_pending(struct dns_event *ev, const struct pending_key *pk,
+					   const struct pending_val *p)
+{
+	ev->ts_ns = p->ts_ns;
+	ev->netns = pk->netns;
+	ev->ifindex = p->ifindex;
+	__builtin_memcpy(ev->saddr, pk->caddr, 16);
+	__builtin_memcpy(ev->daddr, p->server, 16);
+	ev->tcp_seq = 0;
+	ev->sport = pk->cport;
+	ev->dport = p->server_port;
+	ev->pkt_type = p->pkt_type;
+	ev->ip_version = p->ip_version;
+	ev->proto = P_UDP;
+	ev->tcp_flags = 0;
+	ev->flags = 0;
+	__builtin_memcpy(ev->payload, p->msg, MSG_COPY);
+	u32 n = 12 + (u32)p->qlen;
+	if (n > MSG_COPY)
+		n = MSG_COPY;
+	ev->orig_len = n;
+	notice(ev, n);
+}
+
+/* After a query (key, nv) entered the pending table: the resolver asks upstream, or queues
+ * a second query, while it serves the question (sp, the earliest server query for it, under
+ * s): announce sp (once), then the new query when it is a noticed server query. In time
+ * order, so user space sees the earliest first. ev is overwritten. */
+static __always_inline void announce(struct dns_event *ev, struct serving_val *s, struct pending_val *sp,
+				     const struct pending_key *key, const struct pending_val *nv)
+{
+	if (s && sp && !sp->noticed) {
+		sp->noticed = 1;
+		notice_pending(ev, &s->pk, sp);
+	}
+	if (key->role == ROLE_SERVER && nv->noticed)
+		notice_pending(ev, key, nv);
+}
+
+#ifdef KERNEL_AGG
+BPF_F_TABLE("percpu_hash", struct agg_key, struct agg_val, agg, AGG_MAX, 0);
+BPF_PERCPU_ARRAY(azero, struct agg_val, 1);
+
+/* An answered exchange that needs no record: user space would only add it to
+ * dns.lookup.duration (no span: NOERROR with answers, no TC, faster than AGG_SLOW_NS, not
+ * announced to the resolution tracker). The extended rcode lives in the OPT record, which
+ * the kernel checks only where resolvers put it without options: the message's last 11
+ * bytes. Anything else -- an OPT with options, other additional records, a message the
+ * capture cut -- goes to user space, which decodes it. */
+static __always_inline int agg_ordinary(const u8 *p, u32 cap, u32 orig, u64 lat)
+{
+	if ((p[3] & 0x0f) != 0 || (p[2] & 0x02) != 0 || lat >= AGG_SLOW_NS)
+		return 0;
+	if (p[6] == 0 && p[7] == 0) /* no answer: user space tracks search-list sequences */
+		return 0;
+	if (p[10] == 0 && p[11] == 0)
+		return 1;
+	if (p[10] != 0 || p[11] != 1 || cap != orig || cap < 12 + 11)
+		return 0;
+	u32 o = cap - 11;
+	asm volatile("" : "+r"(o));
+	if (o > MAX_PAYLOAD - 11)
+		return 0;
+	const u8 *t = p + o; /* every byte from one checked pointer */
+	asm volatile("" : "+r"(t));
+	/* name ".", type OPT (41), then class, ext-rcode, version, flags, rdlength 0 */
+	return t[0] == 0 && t[1] == 0 && t[2] == 41 && t[5] == 0 && t[9] == 0 && t[10] == 0;
+}
+
+/* Count the exchange (query v under key, question in q) in the agg map; 0 when counted. */
+static __always_inline int agg_add(const struct pending_key *key, const struct pending_val *v,
+				   const u8 *msg, u32 namelen, u64 lat)
+{
+	struct agg_key ak = {};
+	ak.netns = key->netns;
+	__builtin_memcpy(ak.server, v->server, 16);
+	ak.server_port = v->server_port;
+	ak.role = key->role;
+	ak.ip_version = v->ip_version;
+	u32 o = 12 + namelen;
+	asm volatile("" : "+r"(o));
+	if (o > 12 + DNS_QMAX - 2)
+		return -1;
+	const u8 *t = msg + o; /* both bytes from one checked pointer */
+	asm volatile("" : "+r"(t));
+	ak.qtype = ((u16)t[0] << 8) | t[1];
+	struct agg_val *a = agg.lookup(&ak);
+	if (!a) {
+		u32 zero = 0;
+		struct agg_val *z = azero.lookup(&zero);
+		if (!z)
+			return -1;
+		agg.insert(&ak, z); /* fails when full (or a racing insert: then the lookup finds it) */
+		a = agg.lookup(&ak);
+		if (!a)
+			return -1;
+	}
+	if (a->count == 0 || lat < a->min_ns)
+		a->min_ns = lat;
+	if (lat > a->max_ns)
+		a->max_ns = lat;
+	a->count += 1;
+	a->packets += 2 + v->retransmits;
+	a->sum_ns += lat;
+	u32 i = AGG_BUCKET_INDEX(lat);
+	if (i >= DNS_AGG_BUCKETS)
+		i = DNS_AGG_BUCKETS - 1;
+	a->buckets[i] += 1;
+	return 0;
+}
+#endif
+
 /* Pair a UDP DNS message in ev (all header fields set) against the pending table. */
 static __always_inline int kpair(struct dns_event *ev, u32 cap, u32 *len)
 {
@@ -228,7 +381,7 @@ static __always_inline int kpair(struct dns_event *ev, u32 cap, u32 *len)
 	struct pending_val *nv = pscratch.lookup(&zero);
 	if (!nv)
 		return KP_PLAIN;
-	u32 namelen, ql;
+	u32 namelen = 0, ql = 0;
 
 	if (!(p[2] & 0x80)) { /* query */
 		if (qd == 0)
@@ -252,6 +405,7 @@ static __always_inline int kpair(struct dns_event *ev, u32 cap, u32 *len)
 		}
 		nv->ts_ns = ev->ts_ns;
 		nv->retransmits = 0;
+		nv->noticed = 0;
 		__builtin_memcpy(nv->server, ev->daddr, 16);
 		nv->server_port = ev->dport;
 		nv->ifindex = ev->ifindex;
@@ -261,11 +415,28 @@ static __always_inline int kpair(struct dns_event *ev, u32 cap, u32 *len)
 		nv->msg[4] = 0; /* counts: one question, nothing else */
 		nv->msg[5] = 1;
 		__builtin_memset(&nv->msg[6], 0, 6);
+
+		/* the resolver side: which server query serves this question (see "serving") */
+		struct serving_key *sk = sscratch.lookup(&zero);
+		if (!sk)
+			return KP_PLAIN;
+		sk->netns = ev->netns;
+		__builtin_memcpy(sk->q, &nv->msg[12], QCMP);
+		struct serving_val *s = serving.lookup(sk);
+		struct pending_val *sp = s ? serving_query(s, &nv->msg[12], ql) : 0;
+		if (key.role == ROLE_SERVER) {
+			if (!sp) {
+				struct serving_val sv = {};
+				__builtin_memcpy(&sv.pk, &key, sizeof(key));
+				serving.update(sk, &sv);
+			} else {
+				nv->noticed = 1; /* a second one pending: not a cache hit */
+			}
+		}
+
 		if (old) {
 			/* same key, new question: report the old query (user space: unanswered) */
 			u64 now = ev->ts_ns;
-			u32 orig = ev->orig_len;
-			u8 flags = ev->flags;
 			ev->kind = DNS_KIND_SUPERSEDED;
 			ev->q_ts_ns = now;
 			ev->ts_ns = old->ts_ns;
@@ -290,19 +461,7 @@ static __always_inline int kpair(struct dns_event *ev, u32 cap, u32 *len)
 			if (pending.update(&key, nv) != 0)
 				return KP_CONSUMED; /* cannot happen for an existing key */
 			count(CNT_KQUERIES);
-			if (key.role == ROLE_SERVER) {
-				/* the new query's payload was overwritten above: its header and
-				 * (normalized) question from nv stand in for it */
-				ev->ts_ns = now;
-				__builtin_memcpy(ev->daddr, nv->server, 16);
-				ev->dport = nv->server_port;
-				ev->ifindex = nv->ifindex;
-				ev->pkt_type = nv->pkt_type;
-				ev->flags = flags;
-				ev->orig_len = orig;
-				__builtin_memcpy(ev->payload, nv->msg, MSG_COPY);
-				notice(ev, 12 + ql);
-			}
+			announce(ev, s, sp, &key, nv);
 			return KP_CONSUMED;
 		}
 		if (pending.insert(&key, nv) != 0) {
@@ -311,8 +470,7 @@ static __always_inline int kpair(struct dns_event *ev, u32 cap, u32 *len)
 			return KP_PLAIN;
 		}
 		count(CNT_KQUERIES);
-		if (key.role == ROLE_SERVER)
-			notice(ev, cap);
+		announce(ev, s, sp, &key, nv);
 		return KP_CONSUMED;
 	}
 
@@ -359,9 +517,28 @@ static __always_inline int kpair(struct dns_event *ev, u32 cap, u32 *len)
 	ev->q_pkt_type = v->pkt_type;
 	ev->q_flags = ((u16)v->msg[2] << 8) | v->msg[3];
 	ev->_pad = 0;
+#ifdef KERNEL_AGG
+	u64 lat = ev->ts_ns - v->ts_ns;
+	int ordinary = qd != 0 && !v->noticed && agg_ordinary(p, cap, ev->orig_len, lat);
+	if (ordinary) {
+		/* what agg_add needs of the query, kept in the scratch nv (v is freed below) */
+		__builtin_memcpy(nv->server, v->server, 16);
+		nv->server_port = v->server_port;
+		nv->ip_version = v->ip_version;
+		nv->retransmits = v->retransmits;
+	}
+#endif
 	/* only the side whose delete succeeds reports: user space expiring it took it first */
 	if (pending.delete(&key) != 0)
 		return KP_PLAIN;
+#ifdef KERNEL_AGG
+	if (ordinary) {
+		if (agg_add(&key, nv, nv->msg, namelen, lat) == 0) {
+			count(CNT_KAGG);
+			return KP_CONSUMED;
+		}
+	}
+#endif
 	ev->kind = DNS_KIND_PAIR;
 	count(CNT_KPAIRED);
 	*len = out;

@@ -27,10 +27,12 @@
 #define DNS_KIND_SUPERSEDED 2 /* a pending query abandoned for a new question on the same key:
 			       * the header is the old query's, the payload its question as a DNS
 			       * message (query header + question), q_ts the new query's time */
-#define DNS_KIND_QUERY_NOTICE 3 /* a server-side query the kernel now holds (first sighting):
-				 * header and the first cap_len (<= DNS_NOTICE_MAX) payload bytes,
-				 * as a PACKET record; q_* unset. Lets user space track a resolver's
-				 * pending queries. Client-side queries and retransmissions: none. */
+#define DNS_KIND_QUERY_NOTICE 3 /* a server-side query the kernel holds, announced when the
+				 * resolver sends an upstream query for its question (or when it
+				 * arrives while such an upstream query is in flight): the query's
+				 * time and addresses, its header and normalized question as the
+				 * payload; q_* unset. Lets user space parent the upstream query
+				 * under it. A cache hit has no upstream query and no notice. */
 
 /* Longest question (name + type + class) the kernel pairs; longer ones take the user path. */
 #define DNS_QMAX 160
@@ -95,6 +97,32 @@ struct pending_val {
 	__u8 pkt_type;
 	__u8 ip_version;
 	__u8 msg[12 + DNS_QMAX]; /* the query's header (counts 1/0/0/0), then the question */
+	__u8 noticed;      /* announced by a QUERY_NOTICE: its exchange always goes to user space */
+};
+
+/* KERNEL_AGG: answered exchanges the kernel proves ordinary (see agg_ordinary() in
+ * dns.bpf.c) are counted here instead of being written to the ring buffer; user space
+ * reads the per-CPU values and adds them to dns.lookup.duration. The buckets are
+ * semconv.LOOKUP_DURATION_BUCKETS in ns (AGG_BUCKET_INDEX from the loader's cflags). */
+#define DNS_AGG_BUCKETS 20 /* 19 bounds, then the +Inf bucket */
+
+struct agg_key {
+	__u32 netns;
+	__u8 server[16];   /* the query's destination (IPv4 in the first 4 bytes) */
+	__u16 server_port; /* host byte order */
+	__u16 qtype;
+	__u8 role;         /* 0 client, 1 server */
+	__u8 ip_version;
+	__u8 _pad[2];
+};
+
+struct agg_val {
+	__u64 count;
+	__u64 packets;     /* 2 per exchange plus its query's retransmissions */
+	__u64 sum_ns;
+	__u64 min_ns;
+	__u64 max_ns;
+	__u64 buckets[DNS_AGG_BUCKETS];
 };
 
 #endif

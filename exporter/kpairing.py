@@ -54,9 +54,10 @@ import logging
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from exporter.capture.events import (
+    AGG_KEY,
     KIND_PAIR,
     KIND_QUERY_NOTICE,
     KIND_SUPERSEDED,
@@ -81,6 +82,32 @@ SCAN_EVERY_NS = 200_000_000
 _TS = struct.Struct("<Q")
 # a server-side query the kernel announced: netns, transport, client address, client port, DNS id
 _NoticeKey = tuple[int, int, str, int, int]
+
+
+@runtime_checkable
+class LookupCounter(Protocol):
+    """A sink that can take exchanges the kernel aggregated (in-kernel aggregation)."""
+
+    @property
+    def counts_only_below_ns(self) -> int | None:
+        """Answered NOERROR exchanges (with answers, no TC) faster than this are only
+        counted by this sink; None: it needs every exchange."""
+
+    def on_lookups(
+        self,
+        netns: int,
+        role: str,
+        server: str,
+        server_port: int,
+        qtype: int,
+        transport: str,
+        buckets: Sequence[int],
+        count: int,
+        sum_ns: int,
+        min_ns: int,
+        max_ns: int,
+    ) -> None:
+        """``count`` such exchanges of one series, bucketed over dns.lookup.duration's bounds."""
 
 
 @dataclass(slots=True)
@@ -150,6 +177,9 @@ class KernelPairedEngine(Engine):
         self.notices = 0  # QUERY_NOTICE records passed to on_query
         self.notices_evicted = 0  # dropped from the bounded table before their exchange came
         self.notice_errors = 0  # QUERY_NOTICE records that did not decode
+        self.kernel_aggregated = 0  # exchanges the kernel counted in its agg map (no record)
+        self._agg_seen: dict[bytes, tuple[int, ...]] = {}  # the agg map at the last pull
+        self._counters: list[LookupCounter] = [s for s in sinks if isinstance(s, LookupCounter)]
         for sink in sinks:  # a resolution tracker sees client queries when they complete
             tracker = getattr(sink, "resolution", None)
             if tracker is not None and hasattr(tracker, "join_late"):
@@ -288,8 +318,10 @@ class KernelPairedEngine(Engine):
     # -- time ---------------------------------------------------------------------------
 
     def advance(self, now_ns: int) -> None:
-        """Expire both tables by wall time; the kernel's at most every ``scan_every_ns``."""
+        """Expire both tables by wall time; the kernel's at most every ``scan_every_ns``.
+        Hand what the kernel aggregated since the last call to the sinks."""
         super().advance(now_ns)
+        self.pull_aggregates()
         if self.capture is not None and now_ns >= self._next_scan:
             self._next_scan = now_ns + self.scan_every_ns
             self.expire_kernel(now_ns)
@@ -333,9 +365,23 @@ class KernelPairedEngine(Engine):
 
     def _report_unanswered(self, key: bytes, val: bytes, wall: int) -> None:
         netns, _qid, cport, caddr, role, proto = PENDING_KEY.unpack(key)
-        (ts, r0, r1, r2, r3, server, retrans, ifindex, sport, qlen, _namelen, pkt_type, ipver, msg) = (
-            PENDING_VAL.unpack(val)
-        )
+        (
+            ts,
+            r0,
+            r1,
+            r2,
+            r3,
+            server,
+            retrans,
+            ifindex,
+            sport,
+            qlen,
+            _namelen,
+            pkt_type,
+            ipver,
+            msg,
+            _noticed,
+        ) = PENDING_VAL.unpack(val)
         v6 = ipver == 6
         meta = PacketMeta(
             ts + wall,
@@ -372,6 +418,53 @@ class KernelPairedEngine(Engine):
         """End of input: every query pending in either table is reported unanswered."""
         super().finish()
         self.expire_kernel(0, everything=True)
+        self.pull_aggregates()
+
+    def pull_aggregates(self) -> int:
+        """Read the kernel's agg map (in-kernel aggregation) and give each series' growth
+        since the last pull to the sinks' ``on_lookups``. Returns the exchanges handed over."""
+        cap = self.capture
+        if cap is None or not cap.aggregating:
+            return 0
+        now = cap.aggregates()
+        seen = self._agg_seen
+        total = 0
+        for raw, vals in now.items():
+            before = seen.get(raw)
+            count = vals[0] - (before[0] if before is not None else 0)
+            if count <= 0:
+                continue
+            if before is None:
+                packets, sum_ns, buckets = vals[1], vals[2], vals[5:]
+            else:
+                packets = vals[1] - before[1]
+                sum_ns = vals[2] - before[2]
+                buckets = tuple(a - b for a, b in zip(vals[5:], before[5:], strict=True))
+            seen[raw] = vals
+            total += count
+            self.segments += packets
+            self.messages += 2 * count
+            netns, server, sport, qtype, role, ipver = AGG_KEY.unpack(raw)
+            v6 = ipver == 6
+            for sink in self._counters:
+                try:
+                    sink.on_lookups(
+                        netns,
+                        ROLE_CLIENT if role == 0 else ROLE_SERVER,
+                        addr_text(server, v6),
+                        sport,
+                        qtype,
+                        "udp",
+                        buckets,
+                        count,
+                        sum_ns,
+                        vals[3],
+                        vals[4],
+                    )
+                except Exception:  # a sink bug must never stop capture
+                    log.exception("sink %s.on_lookups failed", type(sink).__name__)
+        self.kernel_aggregated += total
+        return total
 
     # -- counters -----------------------------------------------------------------------
 
@@ -386,8 +479,8 @@ class KernelPairedEngine(Engine):
         kq, kr = k.get("kernel_queries", 0), k.get("kernel_retransmits", 0)
         return KernelPairingStats(
             queries=user.queries + kq + kr,
-            responses=user.responses + self.kernel_paired + self.lost_pairs,
-            paired=user.paired + self.kernel_paired,
+            responses=user.responses + self.kernel_paired + self.kernel_aggregated + self.lost_pairs,
+            paired=user.paired + self.kernel_paired + self.kernel_aggregated,
             unanswered=user.unanswered + self.kernel_unanswered,
             unmatched=user.unmatched,
             retransmits=user.retransmits + kr,
@@ -396,3 +489,15 @@ class KernelPairedEngine(Engine):
             _table=user._table,
             kernel_pending=self.kernel_pending,
         )
+
+
+def aggregation_threshold(sinks: Sequence[object]) -> int | None:
+    """In-kernel aggregation is possible when every sink only counts answered NOERROR
+    exchanges below some latency (``counts_only_below_ns``, the telemetry sink with a span
+    ratio of 0): the lowest such threshold, or None when a sink needs every exchange (the
+    table, a sampled span ratio, top-N names)."""
+    below = [s.counts_only_below_ns if isinstance(s, LookupCounter) else None for s in sinks]
+    found = [b for b in below if b is not None]
+    if not found or len(found) < len(below):
+        return None
+    return min(found)

@@ -93,13 +93,18 @@ def run_live(
 ) -> int:
     """``pairing="kernel"`` pairs UDP in the kernel (exporter/kpairing.py); ``trace`` keeps
     ``"user"``: it shows a row per query packet, which kernel pairing never sees."""
-    from exporter.capture.ebpf import CaptureError, EbpfCapture
+    from exporter.capture.ebpf import Aggregation, CaptureError, EbpfCapture
     from exporter.cli import StartupError, Stopper
-    from exporter.kpairing import KernelPairedEngine
+    from exporter.kpairing import KernelPairedEngine, aggregation_threshold
     from exporter.netns import NetnsWatcher
+    from exporter.telemetry import semconv as sc
 
     kengine: KernelPairedEngine | None = None
     engine: Engine
+    aggregate: Aggregation | None = None
+    if pairing == "kernel" and (slow_ns := aggregation_threshold(sinks)) is not None:
+        # every sink only counts fast NOERROR answers: the kernel counts them itself
+        aggregate = Aggregation(slow_ns, tuple(round(b * 1e9) for b in sc.LOOKUP_DURATION_BUCKETS))
     if pairing == "kernel":
         kengine = KernelPairedEngine(
             list(sinks),  # type: ignore[arg-type]
@@ -125,6 +130,7 @@ def run_live(
             max_payload=settings.snaplen,
             on_paired=kengine.on_paired if kengine is not None else None,
             max_pending=settings.max_pending,
+            aggregate=aggregate,
         )
     except CaptureError as exc:
         raise StartupError(str(exc)) from None
@@ -152,6 +158,7 @@ def run_live(
                 "ports": ",".join(map(str, sorted(settings.ports))),
                 "compile_seconds": round(capture.compile_seconds, 3),
                 "pairing": pairing,
+                "kernel_aggregation": aggregate is not None,
             },
         )
         # with pod selectors, paths that exist but are not selected yet (names load in the
@@ -181,6 +188,8 @@ def run_live(
                 watcher.tick()
         # drain what the kernel already handed over before stopping
         capture.poll(0)
+        if kengine is not None:
+            kengine.pull_aggregates()
         for close in sink_hooks(sinks, "close"):
             close()
     finally:
@@ -193,6 +202,12 @@ def run_live(
             f"{stats.unanswered} unanswered, "
             f"{stats.pending} still pending (not reported: their timeout had not passed)"
         )
+        if kengine is not None and aggregate is not None:
+            summary += f"; {kengine.kernel_aggregated} of the pairs counted in the kernel"
+        try:
+            log.info("kernel counters", extra=capture.counters())
+        except Exception:  # the summary below matters more than these
+            log.debug("reading the kernel counters failed", exc_info=True)
         capture.close()
         print(summary, file=err, flush=True)
     return 0

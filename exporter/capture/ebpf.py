@@ -39,15 +39,21 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from exporter.capture.events import (
+    AGG_BUCKETS,
+    AGG_KEY,
+    AGG_VAL,
     KIND_OFFSET,
     KIND_PACKET,
     KIND_QUERY_NOTICE,
     PENDING_KEY,
     PENDING_VAL,
+    AggKey,
+    AggVal,
     PendingKey,
     PendingVal,
     QueryInfo,
@@ -86,7 +92,8 @@ COUNTER_NAMES = (
     "kernel_paired",  # responses paired in the kernel (one PAIR event each)
     "kernel_superseded",  # pending queries replaced by a new question on the same key
     "kernel_table_full",  # queries handed to user space because the pending table was full
-    "kernel_notices",  # QUERY_NOTICE records: server-side queries announced to user space
+    "kernel_notices",  # QUERY_NOTICE records: server queries announced (they went upstream)
+    "kernel_aggregated",  # exchanges counted in the kernel's agg map, no record (KERNEL_AGG)
 )
 
 _CLONE_NEWNET = 0x40000000
@@ -271,6 +278,7 @@ def build_cflags(
     bpf_dir: Path,
     kernel_pairing: bool = False,
     max_pending: int = 65_536,
+    aggregate: Aggregation | None = None,
 ) -> list[str]:
     ports = list(dns_ports)
     if not 1 <= len(ports) <= MAX_PORTS or any(not 1 <= p <= 65535 for p in ports):
@@ -294,7 +302,36 @@ def build_cflags(
     ]
     if kernel_pairing:
         flags += ["-DKERNEL_PAIRING=1", f"-DMAX_PENDING={max_pending}"]
+    if aggregate is not None:
+        if not kernel_pairing:
+            raise CaptureError("in-kernel aggregation needs kernel pairing")
+        flags += aggregate.cflags()
     return flags
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregation:
+    """In-kernel aggregation (``-DKERNEL_AGG``): exchanges the kernel proves ordinary --
+    answered NOERROR with answers, no TC, faster than ``slow_ns`` -- are counted per series
+    in the "agg" map (histogram over ``bounds_ns``) instead of being written to the ring."""
+
+    slow_ns: int
+    bounds_ns: tuple[int, ...]
+    max_series: int = 4096
+
+    def cflags(self) -> list[str]:
+        if len(self.bounds_ns) != AGG_BUCKETS - 1 or list(self.bounds_ns) != sorted(set(self.bounds_ns)):
+            raise CaptureError(f"aggregation needs {AGG_BUCKETS - 1} increasing bucket bounds")
+        if not 0 < self.slow_ns < 1 << 63 or not 1 <= self.max_series <= 1 << 20:
+            raise CaptureError("aggregation needs a positive slow threshold and 1..1048576 series")
+        # the bucket index as bisect_left over the bounds: how many bounds are below l
+        index = "+".join(f"((l)>{b}ULL)" for b in self.bounds_ns)
+        return [
+            "-DKERNEL_AGG=1",
+            f"-DAGG_SLOW_NS={self.slow_ns}ULL",
+            f"-DAGG_MAX={self.max_series}",
+            f"-DAGG_BUCKET_INDEX(l)=({index})",
+        ]
 
 
 def probe_ringbuf(nbytes: int) -> None:
@@ -339,20 +376,25 @@ class EbpfCapture:
         on_paired: Callable[[int, Segment, QueryInfo | None], None] | None = None,
         max_pending: int = 65_536,
         wall_offset_ns: int | None = None,
+        aggregate: Aggregation | None = None,
     ) -> None:
         """``on_paired`` turns on kernel pairing: UDP queries wait in the kernel's pending
         table, and ``on_paired(kind, segment, info)`` gets each PAIR record (``segment`` is
         the response) and SUPERSEDED record (``segment`` is the abandoned query, ``info.ts_ns``
         the time it was superseded), and ``on_paired(KIND_QUERY_NOTICE, segment, None)`` each
         server-side query the kernel took into its table (``segment`` is the query, its
-        payload cut at NOTICE_MAX bytes). Everything else still reaches ``on_segment``."""
+        payload cut at NOTICE_MAX bytes). Everything else still reaches ``on_segment``.
+
+        ``aggregate`` (with ``on_paired``) turns on in-kernel aggregation: ordinary
+        exchanges produce no record; :meth:`aggregates` reads their histograms."""
         self._on_segment = on_segment
         self._on_paired = on_paired
         self.kernel_pairing = on_paired is not None
         self.max_payload = max_payload
         bpf_path = Path(bpf_dir) if bpf_dir is not None else BPF_DIR
+        self.aggregating = aggregate is not None
         cflags = build_cflags(
-            dns_ports, max_payload, ringbuf_pages, bpf_path, self.kernel_pairing, max_pending
+            dns_ports, max_payload, ringbuf_pages, bpf_path, self.kernel_pairing, max_pending, aggregate
         )
         missing = _missing_caps()
         if missing:
@@ -409,11 +451,16 @@ class EbpfCapture:
             if self.kernel_pairing:
                 problems = struct_mismatches("pending_key", self._bpf[b"pending"].Key, PendingKey)
                 problems += struct_mismatches("pending_val", self._bpf[b"pending"].Leaf, PendingVal)
+                if self.aggregating:
+                    problems += struct_mismatches("agg_key", self._bpf[b"agg"].Key, AggKey)
+                    problems += struct_mismatches("agg_val", self._bpf[b"agg"].Leaf._type_, AggVal)
                 if problems:
                     raise CaptureError(
                         "bpf/dns_event.h and exporter/capture/events.py disagree: " + "; ".join(problems)
                     )
                 self._pending_fd = int(self._bpf[b"pending"].map_fd)
+                if self.aggregating:
+                    self._agg_fd = int(self._bpf[b"agg"].map_fd)
             self._dispatch = self._bpf[b"dispatch"]
             self._dispatch[ctypes.c_int(0)] = ctypes.c_int(fn.fd)
             self._counters = self._bpf[b"counters"]
@@ -562,46 +609,26 @@ class EbpfCapture:
         """
         if not self.kernel_pairing:
             return []
-        ksz, vsz = PENDING_KEY.size, PENDING_VAL.size
-        while True:
-            keys = ctypes.create_string_buffer(ksz * chunk)
-            vals = ctypes.create_string_buffer(vsz * chunk)
-            in_batch = ctypes.create_string_buffer(8)
-            out_batch = ctypes.create_string_buffer(8)
-            attr = ctypes.create_string_buffer(56)
-            out: list[tuple[bytes, bytes]] = []
-            first = True
-            while True:
-                struct.pack_into(
-                    "<QQQQIIQQ",
-                    attr,
-                    0,
-                    0 if first else ctypes.addressof(in_batch),
-                    ctypes.addressof(out_batch),
-                    ctypes.addressof(keys),
-                    ctypes.addressof(vals),
-                    chunk,
-                    self._pending_fd,
-                    0,
-                    0,
-                )
-                done = False
-                try:
-                    _bpf(_BPF_MAP_LOOKUP_BATCH, attr)
-                except OSError as exc:
-                    if exc.errno == errno.ENOSPC:  # a bucket larger than chunk: retry bigger
-                        break
-                    if exc.errno != errno.ENOENT:
-                        raise
-                    done = True
-                n = struct.unpack_from("<I", attr, 32)[0]
-                kraw, vraw = keys.raw, vals.raw
-                out += [(kraw[i * ksz : (i + 1) * ksz], vraw[i * vsz : (i + 1) * vsz]) for i in range(n)]
-                if done:
-                    return out
-                ctypes.memmove(in_batch, out_batch, 8)
-                first = False
-            chunk *= 4
+        return _lookup_batch(self._pending_fd, PENDING_KEY.size, PENDING_VAL.size, chunk)
+
+    def aggregates(self) -> dict[bytes, tuple[int, ...]]:
+        """The kernel's aggregated series: ``agg_key`` bytes -> the ``agg_val`` fields summed
+        over CPUs (count, packets, sum_ns, min_ns, max_ns, then the bucket counts),
+        cumulative since load. Empty without in-kernel aggregation."""
+        if not self.aggregating:
+            return {}
+        vsz = AGG_VAL.size
+        ncpu = _possible_cpus()
+        out: dict[bytes, tuple[int, ...]] = {}
+        for key, raw in _lookup_batch(self._agg_fd, AGG_KEY.size, vsz * ncpu, 256):
+            live = [v for v in (AGG_VAL.unpack_from(raw, c * vsz) for c in range(ncpu)) if v[0]]
+            if not live:
+                continue
+            summed = [sum(col) for col in zip(*live, strict=True)]
+            summed[3] = min(v[3] for v in live)
+            summed[4] = max(v[4] for v in live)
+            out[key] = tuple(summed)
+        return out
 
     def take_pending(self, key: bytes) -> bytes | None:
         """Delete one pending entry and return its value, or None when it is gone already
@@ -667,3 +694,65 @@ def _drain_socket(sock: socket.socket) -> None:
             sock.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
+
+
+def _lookup_batch(map_fd: int, ksz: int, vsz: int, chunk: int) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of a hash map, as raw bytes: one BPF_MAP_LOOKUP_BATCH per
+    ``chunk`` entries (``vsz``: the value size as the syscall sees it; for a per-CPU map,
+    the value rounded up to 8 bytes times the possible CPUs). Not a snapshot: entries added
+    or removed meanwhile may or may not be in the list."""
+    while True:
+        keys = ctypes.create_string_buffer(ksz * chunk)
+        vals = ctypes.create_string_buffer(vsz * chunk)
+        in_batch = ctypes.create_string_buffer(8)
+        out_batch = ctypes.create_string_buffer(8)
+        attr = ctypes.create_string_buffer(56)
+        out: list[tuple[bytes, bytes]] = []
+        first = True
+        while True:
+            struct.pack_into(
+                "<QQQQIIQQ",
+                attr,
+                0,
+                0 if first else ctypes.addressof(in_batch),
+                ctypes.addressof(out_batch),
+                ctypes.addressof(keys),
+                ctypes.addressof(vals),
+                chunk,
+                map_fd,
+                0,
+                0,
+            )
+            done = False
+            try:
+                _bpf(_BPF_MAP_LOOKUP_BATCH, attr)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:  # a bucket larger than chunk: retry bigger
+                    break
+                if exc.errno != errno.ENOENT:
+                    raise
+                done = True
+            n = struct.unpack_from("<I", attr, 32)[0]
+            kraw, vraw = keys.raw, vals.raw
+            out += [(kraw[i * ksz : (i + 1) * ksz], vraw[i * vsz : (i + 1) * vsz]) for i in range(n)]
+            if done:
+                return out
+            ctypes.memmove(in_batch, out_batch, 8)
+            first = False
+        chunk *= 4
+
+
+def _possible_cpus() -> int:
+    """How many CPUs a per-CPU map has values for (the kernel's possible CPUs)."""
+    global _POSSIBLE_CPUS
+    if _POSSIBLE_CPUS == 0:
+        with open("/sys/devices/system/cpu/possible") as f:
+            n = 0
+            for part in f.read().strip().split(","):
+                lo, _, hi = part.partition("-")
+                n = max(n, int(hi or lo) + 1)
+        _POSSIBLE_CPUS = n
+    return _POSSIBLE_CPUS
+
+
+_POSSIBLE_CPUS = 0

@@ -243,13 +243,52 @@ class PendingVal(ctypes.Structure):
         ("pkt_type", ctypes.c_uint8),
         ("ip_version", ctypes.c_uint8),
         ("msg", ctypes.c_uint8 * (12 + QMAX)),
+        ("noticed", ctypes.c_uint8),
     )
 
 
 PENDING_KEY = struct.Struct("<IHH16sBB2x")
-PENDING_VAL = struct.Struct(f"<Q4Q16sIIHHHBB{12 + QMAX}s4x")
+PENDING_VAL = struct.Struct(f"<Q4Q16sIIHHHBB{12 + QMAX}sB3x")
 assert PENDING_KEY.size == ctypes.sizeof(PendingKey)
 assert PENDING_VAL.size == ctypes.sizeof(PendingVal)
+
+
+# -- in-kernel aggregation (KERNEL_AGG): struct agg_key / struct agg_val -------------------
+
+AGG_BUCKETS = 20  # DNS_AGG_BUCKETS: len(semconv.LOOKUP_DURATION_BUCKETS) + 1
+
+
+class AggKey(ctypes.Structure):
+    """``struct agg_key``: one dns.lookup.duration series as the kernel knows it."""
+
+    _fields_ = (
+        ("netns", ctypes.c_uint32),
+        ("server", ctypes.c_uint8 * 16),
+        ("server_port", ctypes.c_uint16),
+        ("qtype", ctypes.c_uint16),
+        ("role", ctypes.c_uint8),  # 0 client, 1 server
+        ("ip_version", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 2),
+    )
+
+
+class AggVal(ctypes.Structure):
+    """``struct agg_val``: one CPU's histogram of a series (cumulative since load)."""
+
+    _fields_ = (
+        ("count", ctypes.c_uint64),
+        ("packets", ctypes.c_uint64),
+        ("sum_ns", ctypes.c_uint64),
+        ("min_ns", ctypes.c_uint64),
+        ("max_ns", ctypes.c_uint64),
+        ("buckets", ctypes.c_uint64 * AGG_BUCKETS),
+    )
+
+
+AGG_KEY = struct.Struct("<I16sHHBB2x")
+AGG_VAL = struct.Struct(f"<5Q{AGG_BUCKETS}Q")
+assert AGG_KEY.size == ctypes.sizeof(AggKey)
+assert AGG_VAL.size == ctypes.sizeof(AggVal)
 
 
 def struct_mismatches(

@@ -286,6 +286,35 @@ class Aggregates:
             if seconds > h[_MAX]:
                 h[_MAX] = seconds
 
+    def merge_lookups(
+        self,
+        key: tuple[str, ...],
+        buckets: Sequence[int],
+        count: int,
+        seconds_sum: float,
+        seconds_min: float,
+        seconds_max: float,
+    ) -> None:
+        """Many answered exchanges at once, already bucketed over ``BOUNDS`` (the kernel's
+        aggregates): ``key`` in ``LOOKUP_ATTRIBUTES`` order (top-N names off)."""
+        if count <= 0:
+            return
+        with self._lock:
+            h = self._d_lookup.get(key)
+            if h is None:
+                key = self._admit(0, key)
+                h = self._d_lookup.get(key)
+                if h is None:
+                    h = self._d_lookup[key] = _new_histogram()
+            for i, n in enumerate(buckets):
+                h[i] += n
+            h[_SUM] += seconds_sum
+            h[_COUNT] += count
+            if seconds_min < h[_MIN]:
+                h[_MIN] = seconds_min
+            if seconds_max > h[_MAX]:
+                h[_MAX] = seconds_max
+
     def record_unanswered(self, key: tuple[str, ...]) -> None:
         """One unanswered query: ``key`` in ``UNANSWERED_ATTRIBUTES`` order."""
         with self._lock:

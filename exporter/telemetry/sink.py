@@ -32,7 +32,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from threading import Thread
 from typing import Any
 
@@ -280,6 +280,52 @@ class TelemetrySink:
             self.rate_dropped += 1
             return
         self._spans.offer(ex, tid)
+
+    @property
+    def counts_only_below_ns(self) -> int | None:
+        """Exchanges this sink only counts: answered NOERROR ones faster than this (it makes
+        no span of them and needs no question name), so the kernel may aggregate them
+        (:meth:`on_lookups`). None: it needs every exchange (a sampled span ratio, top-N names)."""
+        if self._top or not (self._keep_none or self._spans is None):
+            return None
+        return self._slow_ns
+
+    def on_lookups(
+        self,
+        netns: int,
+        role: str,
+        server: str,
+        server_port: int,
+        qtype: int,
+        transport: str,
+        buckets: Sequence[int],
+        count: int,
+        sum_ns: int,
+        min_ns: int,
+        max_ns: int,
+    ) -> None:
+        """``count`` answered NOERROR exchanges of one series that the kernel aggregated
+        (the same attributes :meth:`on_response` gives one exchange)."""
+        enr = self._enricher
+        wl = enr.workload(netns)
+        self.aggregates.merge_lookups(
+            (
+                role,
+                type_name(qtype),
+                rcode_name(0),
+                "",
+                server,
+                enr.endpoint(server, server_port),
+                transport,
+                wl.namespace,
+                wl.pod,
+            ),
+            buckets,
+            count,
+            sum_ns / 1e9,
+            min_ns / 1e9,
+            max_ns / 1e9,
+        )
 
     def on_unanswered(self, ex: Exchange) -> None:
         q = ex.query

@@ -8,6 +8,7 @@ trace ids, parent span ids, kinds, attributes, events and links.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
@@ -140,12 +141,14 @@ class _Pending:
     def __init__(self, pkt: DnsPacket, raw: bytes) -> None:
         self.pkt, self.raw = pkt, raw
         self.rts: list[int] = []
+        self.noticed = False
 
 
 class _FakeCapture:
     """What KernelPairedEngine.expire_kernel uses of EbpfCapture: the kernel table as bytes."""
 
     wall_offset_ns = 0
+    aggregating = False  # in-kernel aggregation: tests/lab/test_kernel_aggregation.py
 
     def __init__(self, table: dict[_TableKey, _Pending]) -> None:
         self.table = table
@@ -159,7 +162,7 @@ class _FakeCapture:
         ipver = 6 if m.ipv6 else 4
         return PENDING_VAL.pack(
             m.ts_ns, *rts, _raw16(m.dst), len(p.rts), m.ifindex, m.dport, qlen, namelen, m.pkt_type, ipver,
-            msg.ljust(12 + QMAX, b"\x00"),
+            msg.ljust(12 + QMAX, b"\x00"), int(p.noticed),
         )  # fmt: skip
 
     def pending_entries(self) -> list[tuple[bytes, bytes]]:
@@ -183,14 +186,18 @@ class _FakeCapture:
 
 class KernelNode(Node):
     """The same exporter with kernel pairing: a model of bpf/dns.bpf.c's kpair() turns the
-    packets into the records KernelPairedEngine gets (QUERY_NOTICE for server-side queries,
-    PAIR, SUPERSEDED; unanswered ones expire through a fake kernel table). TCP and responses
-    the model does not pair go to the engine's user-space pairer, as PACKET records would."""
+    packets into the records KernelPairedEngine gets (QUERY_NOTICE for a server-side query
+    when the resolver sends an upstream query for its question, or when it arrives while
+    one is in flight; PAIR, SUPERSEDED; unanswered ones expire through a fake kernel table).
+    TCP and responses the model does not pair go to the engine's user-space pairer, as
+    PACKET records would."""
 
     def __init__(self, proc_root: str | None = None, *, also: Sequence[PairSink] = (), **kw: object) -> None:
         super().__init__(proc_root, **kw)
         self.engine = KernelPairedEngine([*also, self.sink], timeout_ns=self.tracker.timeout_ns)
         self.table: dict[_TableKey, _Pending] = {}
+        # the kernel's "serving" map: (netns, question) -> [earliest pending server query, upstream seen]
+        self.serving: dict[tuple[int, tuple[str, int, int] | None], _TableKey] = {}
         self.engine.capture = _FakeCapture(self.table)  # type: ignore[assignment]
         self.pairer = self.engine.pairer
 
@@ -209,11 +216,27 @@ class KernelNode(Node):
                 if old is not None and old.pkt.msg.question == p.msg.question:
                     old.rts.append(m.ts_ns)
                     continue
-                self.table[key] = _Pending(p, raw)
+                new = self.table[key] = _Pending(p, raw)
+                qu = p.msg.question
+                sk = (m.netns, (qu.name, qu.qtype, qu.qclass) if qu is not None else None)
+                serving = self.serving.get(sk)
+                sp = self.table.get(serving) if serving is not None else None
+                if sp is not None and sp.pkt.msg.question != p.msg.question:
+                    sp = None
                 if old is not None:
                     info = QueryInfo(m.ts_ns, len(old.rts), tuple(old.rts[:4]), "", 0, 0, 0, 0, b"")
                     eng.on_paired(KIND_SUPERSEDED, Segment(old.pkt.meta, old.raw, len(old.raw)), info)
                 if role == ROLE_SERVER:
+                    if sp is None:
+                        self.serving[sk] = key
+                    else:
+                        new.noticed = True  # a second server query pending for the question
+                # an upstream query, or a second server query, while the question is served:
+                # announce the earliest server query (once), then the new server query
+                if sp is not None and not sp.noticed:
+                    sp.noticed = True
+                    eng.on_paired(KIND_QUERY_NOTICE, Segment(sp.pkt.meta, sp.raw, len(sp.raw)), None)
+                if new.noticed:
                     eng.on_paired(KIND_QUERY_NOTICE, seg, None)
             else:
                 role = ROLE_SERVER if m.pkt_type == PACKET_OUTGOING else ROLE_CLIENT
@@ -790,7 +813,8 @@ def test_kernel_pairing_notices_server_queries_and_reuses_the_packet() -> None:
     pod, up = resolution()
     node.feed(*resolution_packets(pod, up))
     spans = node.spans()
-    # server query announced when it arrives; client queries just before their exchanges
+    # the server query announced when the upstream query leaves; client queries just before
+    # their exchanges
     assert [(c[0], c[2], c[1].meta.sport if c[1] else 0) for c in rec.calls] == [
         ("query", ROLE_SERVER, 40000),  # the notice (pod -> resolver, in the resolver's netns)
         ("query", ROLE_CLIENT, 5555),  # upstream, at its completion, with its own timestamp
@@ -808,6 +832,40 @@ def test_kernel_pairing_notices_server_queries_and_reuses_the_packet() -> None:
     assert len(spans) == 3
 
 
+_UPSTREAM_PORTS = itertools.count(6000)
+
+
+def upstream_query(w: Wire, t_ms: float) -> DnsPacket:
+    """The resolver's upstream query for ``w``'s question, leaving at ``t_ms`` (never answered)."""
+    qu = w.q.question[0]
+    up = Wire(qu.name.to_text(), qid=w.q.id, client=(RES_UP, next(_UPSTREAM_PORTS)), server=(UPSTREAM, 53))
+    return up.query(t_ms, RES_NS, sent=True)
+
+
+def test_kernel_pairing_announces_only_server_queries_that_go_upstream_or_queue() -> None:
+    """A cache hit is never announced; an upstream query announces the server query it serves,
+    a second pending server query announces both (earliest first)."""
+    rec = Recorder()
+    node = KernelNode(also=[rec])
+    hit = Wire("hit.ok.lab.", qid=1, client=(POD, 43000), server=(RES, 53))
+    miss = Wire("miss.ok.lab.", qid=2, client=(POD, 43001), server=(RES, 53))
+    q1 = Wire("twice.ok.lab.", qid=3, client=(POD, 43002), server=(RES, 53))
+    q2 = Wire("twice.ok.lab.", qid=4, client=(POD2, 43003), server=(RES, 53))
+    node.feed(
+        *hit.server_side(0.0, 0.05, RES_NS),
+        *miss.server_side(1.0, 30.0, RES_NS),
+        upstream_query(miss, 1.1),
+        *q1.server_side(2.0, 20.0, RES_NS),
+        *q2.server_side(3.0, 20.1, RES_NS),
+    )
+    announced = [(_name(c[1])[0], c[1].msg.id) for c in rec.calls if c[0] == "query" and c[2] == ROLE_SERVER]
+    # the hit's query reaches the tracker only with its exchange (built from the PAIR record)
+    assert announced[:3] == [("hit.ok.lab.", 1), ("miss.ok.lab.", 2), ("twice.ok.lab.", 3)]
+    assert announced[3:] == [("twice.ok.lab.", 4)]
+    assert node.engine.notices == 3
+    assert [c[0] for c in rec.calls[:2]] == ["query", "response"]  # the hit: query + exchange at once
+
+
 def test_kernel_pairing_unanswered_and_superseded_server_queries_keep_identity() -> None:
     rec = Recorder()
     node = KernelNode(also=[rec])
@@ -816,17 +874,21 @@ def test_kernel_pairing_unanswered_and_superseded_server_queries_keep_identity()
     second = Wire("second.ok.lab.", qid=8, client=(POD, 41001), server=(RES, 53))
     node.feed(
         lost.query(0.0, RES_NS, sent=False),
+        upstream_query(lost, 0.1),
         first.query(1.0, RES_NS, sent=False),
+        upstream_query(first, 1.1),
         *second.server_side(2.0, 3.0, RES_NS),  # same key, new question: first is superseded
+        upstream_query(second, 2.1),
     )
     node.spans()  # expires the kernel table
-    notices = [c[1] for c in rec.calls if c[0] == "query"]
+    notices = [c[1] for c in rec.calls if c[0] == "query" and c[2] == ROLE_SERVER]
     assert [_name(p)[0] for p in notices] == ["lost.ok.lab.", "first.ok.lab.", "second.ok.lab."]
-    done = {_name(ex.query)[0]: ex for ex in rec.exchanges}
+    done = {_name(ex.query)[0]: ex for ex in rec.exchanges if ex.role == ROLE_SERVER}
     assert done["first.ok.lab."].query is notices[1] and done["first.ok.lab."].response is None
     assert done["second.ok.lab."].query is notices[2] and done["second.ok.lab."].response is not None
     assert done["lost.ok.lab."].query is notices[0] and done["lost.ok.lab."].response is None
-    assert node.engine.kernel_superseded == 1 and node.engine.kernel_unanswered == 2
+    # two server queries and the three upstream queries (never answered here)
+    assert node.engine.kernel_superseded == 1 and node.engine.kernel_unanswered == 5
     assert not node.engine._noticed
     assert node.tracker.table_sizes()["serving"] == 0  # every pending server query was matched
 
@@ -836,7 +898,13 @@ def test_kernel_pairing_notice_table_is_bounded() -> None:
     node = KernelNode(also=[rec])
     node.engine.max_noticed = 2
     wires = [Wire(f"b{i}.ok.lab.", qid=i, client=(POD, 42000 + i), server=(RES, 53)) for i in range(3)]
-    node.feed(*[w.query(float(i), RES_NS, sent=False) for i, w in enumerate(wires)])
+    node.feed(
+        *[
+            p
+            for i, w in enumerate(wires)
+            for p in (w.query(i, RES_NS, sent=False), upstream_query(w, i + 0.1))
+        ]
+    )
     assert node.engine.notices_evicted == 1 and len(node.engine._noticed) == 2
     node.feed(*[w.response(10.0 + i, RES_NS, sent=True) for i, w in enumerate(wires)])
     # the evicted one is rebuilt from the PAIR record and announced just before its response
