@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--pairing",
         choices=("user", "kernel"),
-        help="pair UDP queries and responses in user space (default) or in the kernel (DNSOTEL_PAIRING)",
+        help="pair UDP queries and responses in the kernel (default) or in user space (DNSOTEL_PAIRING)",
     )
     _add_output_args(run)
     _add_kubernetes_args(run)

@@ -27,7 +27,7 @@ class Settings:
     timeout_ns: int = 5_000_000_000
     max_pending: int = 65_536
     snaplen: int = 1232  # the EDNS payload size resolvers cap UDP answers at (DNS Flag Day 2020)
-    pairing: str = "user"  # `run` only ("trace" always pairs in user space); "kernel": exporter/kpairing.py
+    pairing: str = "kernel"  # `run` only ("trace" always pairs in user space): exporter/kpairing.py
     include_host: bool = False
     netns_paths: tuple[str, ...] = ()
     proc_root: str = "/proc"
@@ -123,7 +123,7 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         )
     prom_port_raw = e.get("DNSOTEL_PROMETHEUS_PORT", "").strip()
     prom_port = _int(e, "DNSOTEL_PROMETHEUS_PORT", 0, 1, 65535) if prom_port_raw else None
-    pairing = e.get("DNSOTEL_PAIRING", "user").strip().lower() or "user"
+    pairing = e.get("DNSOTEL_PAIRING", "kernel").strip().lower() or "kernel"
     if pairing not in PAIRING_MODES:
         raise ConfigError(f"DNSOTEL_PAIRING={pairing!r} is not a pairing mode (expected user or kernel)")
     netns_raw = e.get("DNSOTEL_NETNS", "")

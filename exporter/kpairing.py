@@ -1,4 +1,4 @@
-"""Kernel pairing (``DNSOTEL_PAIRING=kernel``): the engine for PAIR records from bpf/dns.bpf.c.
+"""Kernel pairing (``DNSOTEL_PAIRING=kernel``, the default of ``run``): the engine for PAIR records from bpf/dns.bpf.c.
 
 With ``-DKERNEL_PAIRING`` the socket filter keeps UDP queries in a BPF hash map
 ``pending`` under pairing.py's key (netns, role, transport, client address, client port,
@@ -26,9 +26,14 @@ kernel on a late response) reports the exchange, so a query is never both paired
 unanswered. A query replaced by a new question on the same key arrives as a
 ``SUPERSEDED`` record and is reported unanswered at once, as pairing.py does.
 
-Queries for the resolution tracker (``on_query``): the kernel announces each server-side
-query it takes into its table with a ``QUERY_NOTICE`` record (header and up to 256 payload
-bytes; none for retransmissions or client-side queries). The engine decodes it, calls
+Queries for the resolution tracker (``on_query``): the kernel announces a server-side query
+with a ``QUERY_NOTICE`` record (its time and addresses, header and normalized question) when
+the resolver sends a query for the same question in the same netns while it is pending (its
+upstream query), or when a second server query for the question arrives while it is
+pending (a resolver coalescing them: both are announced, the earliest first). A cache hit,
+answered before anything else asks its question, is never announced: the tracker has
+nothing to add to it, and it reaches ``on_query`` just before its exchange, as a client
+query does. The engine decodes a notice, calls
 ``on_query(pkt, "server", False)`` at once, and keeps the packet under the kernel's key
 until the query's PAIR, SUPERSEDED record or expiry, whose exchange then carries THAT
 packet as its query (the tracker matches by identity). A client-side query gets its
@@ -36,6 +41,18 @@ packet as its query (the tracker matches by identity). A client-side query gets 
 with the query's own timestamp: the tracker parents a resolver's upstream query under the
 server query still pending at that point, as it does in user mode. ``dnsotel trace``
 keeps user pairing (it shows query rows as they are sent).
+
+In-kernel aggregation (``-DKERNEL_AGG``, :func:`aggregation_threshold`): when every sink only
+counts answered NOERROR exchanges below a latency (the telemetry sink with
+``DNSOTEL_SPAN_SAMPLE_RATIO=0``, no top-N names, no table), the kernel counts each exchange
+it proves ordinary -- NOERROR with at least one answer, no TC, faster than the slow
+threshold, no extended rcode (no additional record, or one option-less OPT record at the
+end), not announced -- in a per-CPU histogram map keyed by (netns, role, server address and
+port, IP version, qtype) over the dns.lookup.duration bounds, and writes no record.
+:meth:`KernelPairedEngine.pull_aggregates` reads the map on every ``advance`` (10 times a
+second) and at exit and hands each series' growth to the sinks' ``on_lookups``. Such an
+exchange is checked up to its question only (a malformed answer section is not counted as
+a decode error), and reaches neither ``on_query`` nor ``on_response``: nothing else needed it.
 
 Other differences from user-space pairing, all on rare paths: only the first 4
 retransmission timestamps are kept (the count is exact); a query the decoder would reject

@@ -21,7 +21,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert s.otlp_configured is False
     assert s.kubernetes is False and s.cluster_names is False
     assert s.proc_root == "/proc"
-    assert s.pairing == "user"  # `run` only: `trace` always pairs in user space
+    assert s.pairing == "kernel"  # `run` only: `trace` always pairs in user space
 
 
 def test_variables_are_read() -> None:
