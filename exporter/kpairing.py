@@ -1,4 +1,4 @@
-"""Kernel pairing (``DNSOTEL_PAIRING=kernel``, the default of ``run``): the engine for PAIR records from bpf/dns.bpf.c.
+"""Kernel pairing (``DNSOTEL_PAIRING=kernel``, run's default): the engine for bpf/dns.bpf.c's PAIR records.
 
 With ``-DKERNEL_PAIRING`` the socket filter keeps UDP queries in a BPF hash map
 ``pending`` under pairing.py's key (netns, role, transport, client address, client port,
@@ -515,6 +515,6 @@ def aggregation_threshold(sinks: Sequence[object]) -> int | None:
     table, a sampled span ratio, top-N names)."""
     below = [s.counts_only_below_ns if isinstance(s, LookupCounter) else None for s in sinks]
     found = [b for b in below if b is not None]
-    if not found or len(found) < len(below):
-        return None
+    if not found or len(found) < len(below) or min(found) <= 0:
+        return None  # a threshold of 0: every exchange is slow, none is only counted
     return min(found)
