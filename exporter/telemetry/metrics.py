@@ -266,6 +266,15 @@ class Aggregates:
         self.overflowed += 1
         return OVERFLOW_KEY
 
+    def _new_lookup_series(self, key: tuple[str, ...]) -> list[float]:
+        """The delta histogram of a key not in this interval yet (the overflow series past
+        the cap). Under ``_lock``."""
+        key = self._admit(0, key)
+        h = self._d_lookup.get(key)
+        if h is None:
+            h = self._d_lookup[key] = _new_histogram()
+        return h
+
     def record_lookup(self, key: tuple[str, ...], seconds: float, name: str | None = None) -> None:
         """One answered exchange: ``key`` in ``LOOKUP_ATTRIBUTES`` order, ``name`` when top-N is on."""
         i = bisect_left(BOUNDS, seconds)
@@ -274,10 +283,7 @@ class Aggregates:
                 key = (*key, self._top.admit(name or ""))
             h = self._d_lookup.get(key)
             if h is None:
-                key = self._admit(0, key)
-                h = self._d_lookup.get(key)
-                if h is None:
-                    h = self._d_lookup[key] = _new_histogram()
+                h = self._new_lookup_series(key)
             h[i] += 1
             h[_SUM] += seconds
             h[_COUNT] += 1
@@ -302,10 +308,7 @@ class Aggregates:
         with self._lock:
             h = self._d_lookup.get(key)
             if h is None:
-                key = self._admit(0, key)
-                h = self._d_lookup.get(key)
-                if h is None:
-                    h = self._d_lookup[key] = _new_histogram()
+                h = self._new_lookup_series(key)
             for i, n in enumerate(buckets):
                 h[i] += n
             h[_SUM] += seconds_sum
