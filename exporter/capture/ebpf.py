@@ -382,8 +382,9 @@ class EbpfCapture:
         table, and ``on_paired(kind, segment, info)`` gets each PAIR record (``segment`` is
         the response) and SUPERSEDED record (``segment`` is the abandoned query, ``info.ts_ns``
         the time it was superseded), and ``on_paired(KIND_QUERY_NOTICE, segment, None)`` each
-        server-side query the kernel took into its table (``segment`` is the query, its
-        payload cut at NOTICE_MAX bytes). Everything else still reaches ``on_segment``.
+        server-side query the kernel announces because the resolver went upstream for its
+        question or queued a second query for it (``segment`` is the query: its header and
+        normalized question). Everything else still reaches ``on_segment``.
 
         ``aggregate`` (with ``on_paired``) turns on in-kernel aggregation: ordinary
         exchanges produce no record; :meth:`aggregates` reads their histograms."""

@@ -39,7 +39,7 @@ from tests.lab.test_run_otlp import (
     tcpdumps,
     wait_attached,
 )
-from tests.otlp_receiver import OtlpReceiver
+from tests.otlp_receiver import OtlpReceiver, attributes
 
 pytestmark = pytest.mark.lab
 
@@ -117,12 +117,11 @@ def test_kernel_aggregation_keeps_every_count_and_anomaly(
         if r["rcode"] == "NOERROR" and r["server"] == cached.v4:
             q_ts, r_ts = client_dump.times(r["id"], r["sport"], "udp")
             latencies.append(r_ts - q_ts)
+    series = {sc.DNS_ROLE: "client", sc.SERVER_ADDRESS: cached.v4, sc.DNS_RESPONSE_CODE: "NOERROR"}
     points = [
         p
         for p in hist.histogram.data_points
-        if {a.key: a.value.string_value for a in p.attributes}.get(sc.DNS_ROLE) == "client"
-        and {a.key: a.value.string_value for a in p.attributes}.get(sc.SERVER_ADDRESS) == cached.v4
-        and {a.key: a.value.string_value for a in p.attributes}.get(sc.DNS_RESPONSE_CODE) == "NOERROR"
+        if all(attributes(p.attributes).get(k) == v for k, v in series.items())
     ]
     assert len(points) == 1
     point = points[0]
